@@ -19,6 +19,7 @@ setuptools.setup(
         "ml-collections>=1.0,<2",
         "absl-py>=2.0,<3",
         "numpy>=1.26",
+        "scipy>=1.11",
         "pillow>=10",
         "tqdm>=4.66,<5",
         "tensorboardX>=2.6,<3",
