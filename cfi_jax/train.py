@@ -1,0 +1,191 @@
+"""ISFuse train and eval steps: the clean batch and its interventions as one vmapped XLA program.
+
+The release runs five separate train-mode forward passes per step (clean, complementary, random, VIS-dropped,
+IR-dropped). Here the views are stacked on a leading axis and `model.apply` is vmapped over it, so each view is
+still normalised with its own batch statistics, and the whole step compiles to one program.
+
+BatchNorm running statistics. The release's five passes update each running statistic r sequentially with PyTorch
+momentum m = 0.1: r <- (1-m) r + m s_k for k = 1..S, so r_S = (1-m)^S r + sum_k m (1-m)^(S-k) s_k. The vmapped
+passes all start from the same state, so `merge_batch_stats` applies that reduction explicitly. PyTorch stores the
+UNBIASED batch variance (x n/(n-1), n = elements per channel) in running_var, whereas flax's BatchNorm stores the
+biased one; best.pth was trained with PyTorch, so the step uses PyTorch's convention (unbiased_var=True). This is
+what makes running statistics of fine-tuned or from-scratch JAX models interchangeable with the release's.
+
+The dropout views feed a constant (zero) image to one encoder. Its BatchNorm layers then see (almost) zero variance
+and divide rounding-level differences by sqrt(eps) layer after layer, so those passes' outputs, gradients and
+statistics are ill-conditioned: they depend on float32 summation order, here as in PyTorch. This is the release's
+design, kept for fidelity; it is why the vmapped and sequential passes agree to ~1e-6 only on the other views.
+"""
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from cfi_jax import interventions
+from cfi_jax import losses
+from cfi_jax.model import FusionOutput, ISFuse
+
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step updates; `tx` and `apply_fn` are static (not part of the pytree)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
+
+
+def make_optimizer(config: Mapping[str, Any] | None = None) -> optax.GradientTransformation:
+  """Adam (the release: lr 1e-4, default betas, no weight decay, no schedule).
+
+  Reads `learning_rate`, `b1`, `b2`, `eps` from `config` (a dict or ml_collections ConfigDict) when present.
+  """
+  config = config or {}
+  return optax.adam(learning_rate=config.get('learning_rate', 1e-4), b1=config.get('b1', 0.9),
+                    b2=config.get('b2', 0.999), eps=config.get('eps', 1e-8))
+
+
+def create_train_state(key: jax.Array, model: ISFuse, tx: optax.GradientTransformation,
+                       image_shape: tuple[int, ...] = (1, 64, 64, 1)) -> TrainState:
+  """Initialises the model variables and the optimizer state (step 0)."""
+  dummy = jnp.zeros(image_shape, jnp.float32)
+  variables = jax.jit(lambda k: model.init(k, dummy, dummy, train=False))(key)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
+                    opt_state=tx.init(params), tx=tx, apply_fn=model.apply)
+
+
+class BatchNormLayer(NamedTuple):
+  """Static facts about one BatchNorm call: elements per channel in its batch statistics, and flax momentum."""
+  count: int
+  momentum: float
+
+
+def batchnorm_layers(model: nn.Module, params: Any, batch_stats: Any, vis_shape: tuple[int, ...],
+                     ir_shape: tuple[int, ...]) -> dict[tuple[str, ...], BatchNormLayer]:
+  """{module path: BatchNormLayer} for one train-mode call of `model` on inputs of the given shapes.
+
+  Found by tracing shapes only (no computation), intercepting every BatchNorm call.
+  """
+  layers = {}
+
+  def record(next_fun, args, kwargs, context):
+    module = context.module
+    if isinstance(module, nn.BatchNorm) and context.method_name == '__call__':
+      x = args[0]
+      axes = (module.axis,) if isinstance(module.axis, int) else tuple(module.axis)
+      features = 1
+      for a in axes:
+        features *= x.shape[a]
+      count = x.size // features
+      if module.path in layers and layers[module.path].count != count:
+        raise ValueError(f'BatchNorm {module.path} is called with different shapes; cannot merge its statistics')
+      layers[module.path] = BatchNormLayer(count=count, momentum=float(module.momentum))
+    return next_fun(*args, **kwargs)
+
+  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+  with nn.intercept_methods(record):
+    jax.eval_shape(
+        lambda v, a, b: model.apply(v, a, b, train=True, mutable=['batch_stats']),
+        abstract({'params': params, 'batch_stats': batch_stats}),
+        jax.ShapeDtypeStruct(vis_shape, jnp.float32), jax.ShapeDtypeStruct(ir_shape, jnp.float32))
+  return layers
+
+
+def apply_views(model: nn.Module, params: Any, batch_stats: Any, vis_views: jax.Array,
+                ir_views: jax.Array) -> tuple[FusionOutput, Any]:
+  """Train-mode forward of every view, vmapped over the leading view axis.
+
+  Returns the stacked outputs and, per view, (1 - momentum) * its batch statistics (flax's biased variance): each
+  view's pass starts from zero running statistics, so flax's update `momentum * 0 + (1 - momentum) * s` leaves
+  exactly the scaled batch statistic. Train mode never reads the running statistics, so outputs are unaffected.
+  """
+  zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+
+  def one_view(vis, ir):
+    out, mutated = model.apply({'params': params, 'batch_stats': zeros}, vis, ir, train=True,
+                               mutable=['batch_stats'])
+    return out, mutated['batch_stats']
+
+  return jax.vmap(one_view)(vis_views, ir_views)
+
+
+def merge_batch_stats(batch_stats: Any, view_updates: Any, layers: Mapping[tuple[str, ...], BatchNormLayer],
+                      *, unbiased_var: bool = True) -> Any:
+  """Running statistics after the views' sequential train-mode passes, in view order.
+
+  Args:
+    batch_stats: running statistics before the step.
+    view_updates: per view (stacked on axis 0), (1 - momentum) * the batch statistic (from `apply_views`).
+    layers: `batchnorm_layers` of the model for one view's input shapes.
+    unbiased_var: store PyTorch's unbiased variance (as the release does) rather than flax's biased one.
+
+  Returns:
+    r_S = mu^S r + sum_k mu^(S-k) u_k for every statistic (mu = flax momentum = 1 - PyTorch momentum,
+    u_k = (1 - mu) s_k), with the variances' u_k scaled by n / (n - 1) when unbiased_var.
+  """
+  old = traverse_util.flatten_dict(batch_stats)
+  updates = traverse_util.flatten_dict(view_updates)
+  merged = {}
+  for path, r in old.items():
+    module_path, stat = path[:-1], path[-1]
+    if module_path not in layers:
+      raise ValueError(f'no BatchNorm call recorded for batch_stats entry {path}')
+    layer = layers[module_path]
+    u = updates[path]
+    if stat == 'var' and unbiased_var:
+      if layer.count < 2:
+        raise ValueError(f'BatchNorm {module_path} sees {layer.count} element per channel; its unbiased variance '
+                         f'is undefined (PyTorch raises too); use a larger batch or crop')
+      u = u * (layer.count / (layer.count - 1))
+    num_views = u.shape[0]
+    decay = jnp.asarray([layer.momentum ** (num_views - 1 - k) for k in range(num_views)], u.dtype)
+    merged[path] = layer.momentum ** num_views * r + jnp.tensordot(decay, u, axes=1)
+  return traverse_util.unflatten_dict(merged)
+
+
+def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse,
+               loss_config: losses.LossConfig) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam step on L = L_f + alpha L_inv + beta L_nec over the clean batch and its interventions.
+
+  Pure and jit-able (model and loss_config are static); with `batch` sharded over a 'data' mesh axis, XLA computes
+  the BatchNorm statistics and the loss as global means. Metrics: every loss term ('loss' is the total), the mean
+  gate per scale of the clean pass ('gate_mean_3/4/5') and the global gradient norm ('grad_norm').
+  """
+  vis, ir = batch['vis'], batch['ir']
+  vis_views, ir_views = interventions.build_views(
+      key, vis, ir, complementary=loss_config.complementary, random=loss_config.random,
+      dropout=loss_config.dropout, config=loss_config.holes)
+
+  def loss_fn(params):
+    outputs, bn_updates = apply_views(model, params, state.batch_stats, vis_views, ir_views)
+    loss, terms = losses.total_loss(outputs.fused, outputs.gates, vis, ir, loss_config)
+    return loss, (terms, outputs.gates, bn_updates)
+
+  (_, (terms, gates, bn_updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  layers = batchnorm_layers(model, state.params, state.batch_stats, vis.shape, ir.shape)
+  opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
+                            batch_stats=merge_batch_stats(state.batch_stats, bn_updates, layers),
+                            opt_state=opt_state)
+  metrics = dict(terms)
+  for scale, g in zip((3, 4, 5), gates):
+    metrics[f'gate_mean_{scale}'] = jnp.mean(g[0].astype(jnp.float32))
+  metrics['grad_norm'] = optax.tree.norm(grads)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *, model: ISFuse) -> jax.Array:
+  """Fused luminance [N,H,W,1] in [0,1] of a batch, BatchNorm in eval mode (running statistics)."""
+  out = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch['vis'], batch['ir'],
+                    train=False)
+  return out.fused

@@ -1,0 +1,201 @@
+"""The vmapped CFI train step: equal to the release's sequential passes, PyTorch running statistics, training."""
+import functools
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cfi_jax import interventions
+from cfi_jax import losses
+from cfi_jax import train
+from cfi_jax import torch_import
+from cfi_jax.model import ISFuse
+
+SHAPE = (2, 32, 32, 1)
+MODEL = ISFuse(features=8)
+
+
+def _pattern_batch() -> dict[str, jnp.ndarray]:
+  """Two deterministic smooth 32x32 scenes with edges, different in the two modalities."""
+  yy, xx = np.mgrid[0:32, 0:32] / 31.0
+  vis = np.stack([0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy), 0.3 + 0.5 * xx * yy])
+  ir = np.stack([0.1 + 0.8 * (((xx - 0.5) ** 2 + (yy - 0.5) ** 2) < 0.1), 0.9 - 0.6 * yy])
+  return {'vis': jnp.asarray(vis[..., None], jnp.float32), 'ir': jnp.asarray(ir[..., None], jnp.float32)}
+
+
+def _random_running_stats(batch_stats, key):
+  """Non-trivial starting running statistics, so the reduction's decay of the old value is tested too."""
+  leaves, treedef = jax.tree.flatten(batch_stats)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(treedef, [jax.random.uniform(k, leaf.shape, minval=0.5, maxval=2.0)
+                                      for k, leaf in zip(keys, leaves)])
+
+
+_apply_views = jax.jit(train.apply_views, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _one_pass(model, variables, vis, ir):
+  return model.apply(variables, vis, ir, train=True, mutable=['batch_stats'])
+
+
+def _assert_trees_close(actual, desired, **tol):
+  flat_a, flat_d = traverse_util.flatten_dict(actual), traverse_util.flatten_dict(desired)
+  assert flat_a.keys() == flat_d.keys()
+  for path in flat_d:
+    np.testing.assert_allclose(flat_a[path], flat_d[path], err_msg='/'.join(path), **tol)
+
+
+def test_vmapped_views_equal_sequential_passes():
+  batch = _pattern_batch()
+  variables = MODEL.init(jax.random.key(0), batch['vis'], batch['ir'], train=False)
+  params, batch_stats = variables['params'], _random_running_stats(variables['batch_stats'], jax.random.key(1))
+  vis_views, ir_views = interventions.build_views(jax.random.key(2), batch['vis'], batch['ir'])
+  outputs, updates = _apply_views(MODEL, params, batch_stats, vis_views, ir_views)
+
+  stats = batch_stats
+  for k, name in enumerate(interventions.view_names()):
+    out, mutated = _one_pass(MODEL, {'params': params, 'batch_stats': stats}, vis_views[k], ir_views[k])
+    stats = mutated['batch_stats']
+    # A dropped modality feeds a constant image to its encoder: BatchNorm then divides rounding-level spatial
+    # differences by sqrt(eps) layer after layer, so those views are ill-conditioned and any reordering of float32
+    # sums (vmap batches the convolutions) moves them by a few 1e-6 (PyTorch's own passes are just as sensitive).
+    atol = 1e-6 if name in ('clean', 'complementary', 'random') else 5e-5
+    np.testing.assert_allclose(outputs.fused[k], out.fused, atol=atol, rtol=0, err_msg=name)
+    for g_vmapped, g in zip(outputs.gates, out.gates):
+      np.testing.assert_allclose(g_vmapped[k], g, atol=3 * atol, rtol=0, err_msg=name)
+
+  layers = train.batchnorm_layers(MODEL, params, batch_stats, SHAPE, SHAPE)
+  assert layers[('encoder_vis', 'stage1', 'block0', 'bn')] == train.BatchNormLayer(count=2 * 32 * 32, momentum=0.9)
+  assert layers[('cfi3', 'gate', 'bn')].count == 2 * 8 * 8
+  # flax's sequential updates keep the biased variance; with unbiased_var=False the reduction must equal them.
+  merged = train.merge_batch_stats(batch_stats, updates, layers, unbiased_var=False)
+  _assert_trees_close(merged, stats, rtol=2e-5, atol=1e-6)
+
+
+def test_merged_statistics_follow_pytorch_running_updates():
+  """Against the PyTorch rule written out in numpy: r <- 0.9 r + 0.1 s, s = (mean, unbiased var)."""
+  bn = nn.BatchNorm(use_running_average=False, momentum=0.9)
+  data = np.random.default_rng(0).normal(size=(3, 4, 5, 5, 2)).astype(np.float32) * [1.0, 3.0] + [0.5, -2.0]
+  start = {'mean': np.asarray([0.3, -0.1], np.float32), 'var': np.asarray([1.5, 0.7], np.float32)}
+
+  params = bn.init(jax.random.key(0), data[0])['params']
+
+  def update(x):
+    zeros = jax.tree.map(jnp.zeros_like, start)
+    return bn.apply({'params': params, 'batch_stats': zeros}, x, mutable=['batch_stats'])[1]
+
+  updates = jax.vmap(update)(jnp.asarray(data))['batch_stats']
+  layers = {(): train.BatchNormLayer(count=4 * 5 * 5, momentum=0.9)}
+  merged = train.merge_batch_stats(start, updates, layers)
+  mean, var = start['mean'].astype(np.float64), start['var'].astype(np.float64)
+  for x in data:
+    flat = x.reshape(-1, 2).astype(np.float64)
+    mean = 0.9 * mean + 0.1 * flat.mean(axis=0)
+    var = 0.9 * var + 0.1 * flat.var(axis=0, ddof=1)
+  np.testing.assert_allclose(merged['mean'], mean, rtol=1e-5)
+  np.testing.assert_allclose(merged['var'], var, rtol=1e-5)
+  with pytest.raises(ValueError, match='unbiased variance'):
+    train.merge_batch_stats(start, updates, {(): train.BatchNormLayer(count=1, momentum=0.9)})
+
+
+def test_outputs_and_running_statistics_match_the_pytorch_twin(repo_root):
+  """The release's sequential train-mode passes in PyTorch (unbiased running_var) leave the same statistics."""
+  torch = pytest.importorskip('torch')
+  spec = importlib.util.spec_from_file_location('torch_isfuse', repo_root / 'benchmarks' / 'torch_isfuse.py')
+  twin = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(twin)
+  torch.manual_seed(0)
+  net = twin.ISFuseTorch(dim=8).train()
+  for module in net.modules():
+    if isinstance(module, torch.nn.BatchNorm2d):
+      module.running_mean.uniform_(-1.0, 1.0)
+      module.running_var.uniform_(0.5, 2.0)
+  shapes = jax.eval_shape(lambda: MODEL.init(jax.random.key(0), jnp.zeros(SHAPE), jnp.zeros(SHAPE), train=False))
+  to_numpy = lambda: {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+  variables, _ = torch_import.convert_state_dict(to_numpy(), shapes)
+
+  batch = _pattern_batch()
+  vis_views, ir_views = interventions.build_views(jax.random.key(3), batch['vis'], batch['ir'])
+  outputs, updates = _apply_views(MODEL, variables['params'], variables['batch_stats'], vis_views, ir_views)
+  # Only the well-conditioned views (see the test above): the dropped-modality passes amplify float32 rounding,
+  # which differs between PyTorch and XLA.
+  num_views = 3
+  updates = jax.tree.map(lambda u: u[:num_views], updates)
+  layers = train.batchnorm_layers(MODEL, variables['params'], variables['batch_stats'], SHAPE, SHAPE)
+  merged = train.merge_batch_stats(variables['batch_stats'], updates, layers)
+
+  nchw = lambda x: torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+  with torch.no_grad():
+    for k in range(num_views):
+      fused = net(nchw(vis_views[k]), nchw(ir_views[k]))[0]
+      np.testing.assert_allclose(outputs.fused[k], fused.numpy().transpose(0, 2, 3, 1), atol=1e-5)
+  reference, _ = torch_import.convert_state_dict(to_numpy(), shapes)
+  _assert_trees_close(merged, reference['batch_stats'], rtol=1e-4, atol=1e-5)
+
+
+def test_make_optimizer_is_adam_with_release_defaults():
+  grads = {'w': jnp.asarray([2.0, -3.0])}
+  tx = train.make_optimizer()
+  updates, _ = tx.update(grads, tx.init(grads))
+  # Adam's first step moves every parameter by lr against the sign of its gradient.
+  np.testing.assert_allclose(updates['w'], [-1e-4, 1e-4], rtol=1e-4)
+  faster = train.make_optimizer({'learning_rate': 1e-3})
+  np.testing.assert_allclose(faster.update(grads, faster.init(grads))[0]['w'], [-1e-3, 1e-3], rtol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def trained():
+  """50 steps of the full CFI loss with the batch sharded over a 2-device 'data' mesh."""
+  mesh = jax.make_mesh((2,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:2])
+  data_sharding, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+  batch = jax.device_put(_pattern_batch(), data_sharding)
+  state = train.create_train_state(jax.random.key(0), MODEL, train.make_optimizer({'learning_rate': 1e-3}), SHAPE)
+  initial = state = jax.device_put(state, replicated)
+  step = jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig()),
+                 out_shardings=(replicated, replicated))
+  history = []
+  for i in range(50):
+    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(1), i))
+    history.append(jax.device_get(metrics))
+  return initial, state, history, batch
+
+
+def test_train_step_reports_finite_metrics_and_updates_everything(trained):
+  initial, state, history, _ = trained
+  expected = {'loss', 'loss_f', 'loss_f_l1_vis', 'loss_f_l1_ir', 'loss_f_grad', 'loss_inv', 'loss_inv_consistency',
+              'loss_inv_area', 'loss_inv_entropy', 'loss_nec', 'gate_mean_3', 'gate_mean_4', 'gate_mean_5',
+              'grad_norm'}
+  assert set(history[0]) == expected
+  for metrics in history:
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    assert all(0 < metrics[f'gate_mean_{s}'] < 1 for s in (3, 4, 5))
+    np.testing.assert_allclose(metrics['loss'], metrics['loss_f'] + 0.1 * metrics['loss_inv']
+                               + 0.05 * metrics['loss_nec'], rtol=1e-5)
+  assert int(state.step) == 50
+  for old, new in ((initial.params, state.params), (initial.batch_stats, state.batch_stats)):
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), old, new)
+    assert all(jax.tree.leaves(changed))
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
+
+
+def test_training_decreases_the_loss(trained):
+  _, _, history, _ = trained
+  losses_seen = np.asarray([m['loss'] for m in history])
+  assert losses_seen[-5:].mean() < 0.8 * losses_seen[:5].mean(), losses_seen
+
+
+def test_eval_step_fuses_with_running_statistics(trained):
+  initial, state, _, batch = trained
+  eval_step = jax.jit(functools.partial(train.eval_step, model=MODEL))
+  fused = np.asarray(eval_step(state, batch))
+  assert fused.shape == SHAPE and (fused > 0).all() and (fused < 1).all()
+  # Eval mode normalises with the running statistics, so other statistics give another image.
+  other = np.asarray(eval_step(state.replace(batch_stats=initial.batch_stats), batch))
+  assert np.abs(fused - other).max() > 1e-3
