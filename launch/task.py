@@ -1,0 +1,60 @@
+"""The contract between the shared training loop (launch/trainer.py) and a model family (CFI, DFC-Net).
+
+A task owns everything model-specific: the dataset, the train state, the pure train step and the evaluation. The
+loop owns everything else: devices and shardings, jit, PRNG keys, checkpoints, logging and resume.
+"""
+import pathlib
+from typing import Any, Protocol, runtime_checkable
+
+import grain
+import jax
+import numpy as np
+
+# A pytree (usually a flax.struct.dataclass) with at least `.step`, `.params` and `.batch_stats`.
+State = Any
+Batch = dict[str, Any]
+
+
+@runtime_checkable
+class Task(Protocol):
+  """One model family trained by launch/trainer.py.
+
+  Attributes:
+    name: the model name written into the checkpoint config as 'model' ('isfuse' | 'dfc').
+  """
+
+  name: str
+
+  def model_config(self) -> dict[str, Any]:
+    """JSON-serialisable constructor kwargs of the model; saved in every checkpoint's config."""
+    ...
+
+  def train_dataset(self, *, seed: int, process_index: int, process_count: int) -> grain.IterDataset:
+    """Infinite dataset of this process's share of each global batch (numpy arrays, leading batch axis)."""
+    ...
+
+  def init_state(self, key: jax.Array, example_batch: Batch) -> State:
+    """Fresh train state; `example_batch` is one per-process batch (for shapes only)."""
+    ...
+
+  def train_step(self, state: State, batch: Batch, key: jax.Array) -> tuple[State, dict[str, jax.Array]]:
+    """One optimisation step; pure and jit-able. The loop jits it, shards `batch` over 'data' and replicates
+    `state`, and derives `key` from the step number so that resumed runs are exact. Metrics are scalars and must
+    include 'loss' (the loop stops on a non-finite loss)."""
+    ...
+
+  def evaluate(self, state: State, step: int) -> tuple[dict[str, float], np.ndarray | None]:
+    """Metrics on the held-out split and an optional uint8 image grid (HxW or HxWx3) that the loop writes as PNG.
+
+    Called on process 0 only, with a copy of the state that lives on one local device (so evaluation needs no
+    collectives and is not repeated on every device)."""
+    ...
+
+
+@runtime_checkable
+class SampleWriter(Protocol):
+  """Optional extra of a task: held-out inputs saved as files, so a user can try the inference binary on them."""
+
+  def write_samples(self, directory: pathlib.Path) -> None:
+    """Writes a few held-out inputs into `directory` (called once per run, on process 0)."""
+    ...

@@ -1,0 +1,61 @@
+r"""Trains a model with the shared loop (launch/trainer.py); resumes automatically from --workdir.
+
+  python -m launch.train --config=launch/configs/cfi.py:demo --workdir=/tmp/cfi_demo
+  python -m launch.train --config=launch/configs/cfi.py:paper --config.data.data_dir=DATA --workdir=runs/paper
+
+Any config field can be overridden, e.g. --config.batch_size=8 --config.num_steps=100. Multi-host: start one process
+per host with the same --coordinator_address=HOST:PORT and --num_processes, and --process_id=0..N-1.
+"""
+import logging as std_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from launch import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. launch/configs/cfi.py:demo.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory: checkpoints, logs, TensorBoard, eval images.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0, for multi-process training (jax.distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed() -> None:
+  if _COORDINATOR.value is None:
+    if _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None:
+      raise app.UsageError("--num_processes/--process_id need --coordinator_address.")
+    return
+  # CPU-only hosts need a collectives backend for cross-process all-reduces; it must be set before initialising.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+
+
+def _quiet_orbax(record: std_logging.LogRecord) -> bool:
+  # orbax logs dozens of INFO lines per checkpoint, which would bury the progress bar; its warnings stay.
+  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_quiet_orbax)
+  _initialize_distributed()
+  logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  try:
+    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (trainer.CheckpointMismatchError, trainer.NonFiniteError) as e:
+    # Expected failures: the message says what to do; a traceback would only bury it.
+    sys.exit(f"Error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,305 @@
+"""The one training loop shared by every task (launch/task.py): sharding, checkpoints, resume, evaluation, logging.
+
+Config fields read here (every task config has them; the rest of the config belongs to the task):
+  task: registry name (launch/tasks/__init__.py).
+  seed: int; the init key and every step's key (fold_in(step)) derive from it, so a resumed run is exact.
+  num_steps: total optimisation steps.
+  batch_size: global batch; must divide by the device count and by the process count.
+  log_every, eval_every, checkpoint_every: intervals in steps (eval_every <= 0 disables evaluation).
+  keep_checkpoints: how many of the newest checkpoints to keep.
+
+Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'config' as in notes/INTERFACES.md),
+metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
+samples/ (held-out inputs, for tasks that write them).
+
+Resuming is automatic from the newest complete checkpoint. Only the loop-bookkeeping fields in RESUMABLE_FIELDS may
+differ from the checkpoint's config; any other difference (model, loss, data, batch size, seed, ...) is refused, as
+is a different process count (the data iterator's state is saved per process). The device count may change.
+"""
+import json
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import logging
+import flax.serialization
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+import tensorboardX
+import tqdm
+
+from launch import task as task_lib
+from launch import tasks
+
+# These only say how long to train and how often to log, evaluate and checkpoint, so a checkpoint written with other
+# values resumes (e.g. to train longer). A task whose schedule depends on num_steps (DFC-Net's learning-rate decay)
+# continues on the schedule of the new length.
+RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"})
+DATA_AXIS = "data"
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or the train state became NaN/Inf; the last good checkpoint is kept."""
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir holds a checkpoint of another model or an incompatible config."""
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D ('data',) mesh over `devices` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def shard_batch(local_batch: task_lib.Batch, sharding: jax.sharding.NamedSharding) -> task_lib.Batch:
+  """Assembles each process's share of the batch into global arrays split over the 'data' axis."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def local_copy(tree: Any) -> Any:
+  """The process-local shard 0 of each (replicated) array: a full copy that lives on one device."""
+  return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
+def checkpoint_config(task: task_lib.Task, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The JSON 'config' item of a training checkpoint (superset of what launch/checkpoints.py needs)."""
+  return {
+      "model": task.name,
+      "model_config": task.model_config(),
+      "experiment": json.loads(config.to_json_best_effort()),
+      "process_count": jax.process_count(),
+  }
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """Human-readable differences between two checkpoint configs that forbid resuming; [] if compatible."""
+  if "experiment" not in saved:
+    return ["the checkpoint has no training config (an inference-only checkpoint cannot be resumed)"]
+  diffs = []
+  for field in ("model", "process_count"):
+    if saved.get(field) != current[field]:
+      diffs.append(f"{field}: checkpoint {saved.get(field)!r}, now {current[field]!r}")
+  old, new = _flatten(saved["experiment"]), _flatten(current["experiment"])
+  for key in sorted(old.keys() | new.keys()):
+    if key in RESUMABLE_FIELDS or old.get(key, "<absent>") == new.get(key, "<absent>"):
+      continue
+    diffs.append(f"{key}: checkpoint {old.get(key, '<absent>')!r}, now {new.get(key, '<absent>')!r}")
+  return diffs
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _strong(tree: Any) -> Any:
+  # Restored arrays are never weakly typed; making fresh ones match keeps one compiled step for both.
+  return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
+
+
+class _Logs:
+  """Process 0's JSONL log, TensorBoard writer and image grids (no-ops on other processes)."""
+
+  def __init__(self, workdir: pathlib.Path, start_step: int, enabled: bool):
+    self.enabled = enabled
+    self.workdir = workdir
+    if not enabled:
+      return
+    self.jsonl = workdir / "metrics.jsonl"
+    # Records past the resumed step came from a run that was interrupted before checkpointing them.
+    if self.jsonl.exists():
+      kept = [line for line in self.jsonl.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+      self.jsonl.write_text("".join(line + "\n" for line in kept))
+    # TensorBoard likewise hides the earlier run's events from the first step this run logs on.
+    self.tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"),
+                                         purge_step=start_step + 1 if start_step else None)
+
+  def write(self, step: int, split: str, metrics: dict[str, float], image: np.ndarray | None = None) -> None:
+    if not self.enabled:
+      return
+    # Some metrics are undefined on small images (NaN); JSON has no NaN, so they are logged as null.
+    record = {"step": step, "split": split, **{k: v if np.isfinite(v) else None for k, v in metrics.items()}}
+    for name, value in metrics.items():
+      if np.isfinite(value):
+        self.tb.add_scalar(f"{split}/{name}", value, step)
+    if image is not None:
+      path = self.workdir / "eval" / f"step_{step:08d}.png"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(image).save(path)
+      record["image"] = str(path.relative_to(self.workdir))
+      self.tb.add_image(f"{split}/grid", image, step, dataformats="HWC" if image.ndim == 3 else "HW")
+    with self.jsonl.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    self.tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+
+
+def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh):
+  """task.train_step jitted for `mesh`: (state, global batch, base key) -> (state, metrics).
+
+  The step's key is fold_in(base key, state.step), so it depends only on the step number (exact resume). The
+  state is donated: the caller must not reuse the state it passes in.
+  """
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+  def step_fn(state, batch, key):
+    return task.train_step(state, batch, jax.random.fold_in(key, state.step))
+
+  return jax.jit(step_fn, in_shardings=(replicated, data_sharding, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def _restore_or_init(task, config, manager, iterator, mesh, init_key):
+  """Returns (state, start_step): restored from the newest checkpoint, or freshly initialised."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # Only shapes matter; zeros keep the initial state identical on every process.
+  saved_iterator_state = iterator.get_state()
+  example = jax.tree.map(lambda x: np.zeros_like(np.asarray(x)), next(iterator))
+  iterator.set_state(saved_iterator_state)
+  init = jax.jit(lambda key, batch: _strong(task.init_state(key, batch)), out_shardings=replicated)
+  step = manager.latest_step()
+  if step is None:
+    return init(init_key, example), 0
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  diffs = config_differences(saved, checkpoint_config(task, config))
+  if diffs:
+    raise CheckpointMismatchError(
+        f"Refusing to resume from {manager.directory / str(step)}: it was written with a different model or config.\n"
+        + "\n".join(f"  {d}" for d in diffs)
+        + f"\nUse another --workdir, or restore the original settings (only {sorted(RESUMABLE_FIELDS)} may change).")
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                          jax.eval_shape(init, init_key, example))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(flax.serialization.to_state_dict(abstract)),
+      data=grain.checkpoint.CheckpointRestore(iterator)))
+  logging.info("Resumed from %s.", manager.directory / str(step))
+  return flax.serialization.from_state_dict(abstract, restored.state), step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                       task: task_lib.Task | None = None,
+                       devices: Sequence[jax.Device] | None = None) -> task_lib.State:
+  """Trains config.task for config.num_steps steps in `workdir` (resuming if it holds a checkpoint).
+
+  Args:
+    config: the experiment config (see the module docstring for the fields read here).
+    workdir: output directory, shared by all processes.
+    task: the task to train; by default the one config.task names in the registry.
+    devices: devices of the data-parallel mesh; all devices by default.
+
+  Returns:
+    The final train state (replicated over the mesh).
+
+  Raises:
+    CheckpointMismatchError: the workdir's checkpoint belongs to another model/config.
+    NonFiniteError: the loss or the state became NaN/Inf (the last good checkpoint is kept).
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  task = tasks.make_task(config) if task is None else task
+  mesh = make_mesh(devices)
+  process_index, process_count = jax.process_index(), jax.process_count()
+  if config.batch_size % mesh.size or config.batch_size % process_count:
+    raise ValueError(f"batch_size {config.batch_size} must divide by the {mesh.size} devices and "
+                     f"{process_count} processes.")
+  data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+  init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  iterator = iter(task.train_dataset(seed=config.seed, process_index=process_index, process_count=process_count))
+  manager = ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           cleanup_tmp_directories=True))
+  ckpt_config = checkpoint_config(task, config)
+  state, start_step = _restore_or_init(task, config, manager, iterator, mesh, init_key)
+  if start_step >= config.num_steps:
+    logging.info("The checkpoint is at step %d >= num_steps %d: nothing to train.", start_step, config.num_steps)
+  logs = _Logs(workdir, start_step, enabled=process_index == 0)
+  if process_index == 0 and isinstance(task, task_lib.SampleWriter):
+    task.write_samples(workdir / "samples")
+
+  train_step = make_train_step(task, mesh)
+
+  def save(step: int) -> None:
+    if not bool(local_copy(_all_finite(state))):
+      raise NonFiniteError(f"The train state holds NaN/Inf at step {step}; not checkpointing it. The last good "
+                           f"checkpoint (step {manager.latest_step()}) in {manager.directory} is kept.")
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+        data=grain.checkpoint.CheckpointSave(iterator),
+        config=ocp.args.JsonSave(ckpt_config)))
+
+  def evaluate(step: int) -> None:
+    if process_index == 0:
+      metrics, grid = task.evaluate(local_copy(state), step)
+      logs.write(step, "eval", {k: float(v) for k, v in metrics.items()}, grid)
+      logging.info("eval step %d: %s", step, metrics)
+
+  sums: dict[str, float] = {}
+  window_start = (start_step, time.perf_counter())
+  bar = tqdm.tqdm(total=config.num_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True,
+                  disable=process_index != 0)
+
+  def record(step: int, metrics: dict[str, jax.Array]) -> None:
+    """Host-side bookkeeping for the state after `step` steps; stops on a non-finite loss."""
+    nonlocal window_start
+    values = {k: float(v) for k, v in local_copy(metrics).items()}
+    if not np.isfinite(values["loss"]):
+      raise NonFiniteError(f"Loss is {values['loss']} at step {step}; stopping. The last good checkpoint (step "
+                           f"{manager.latest_step()}) in {manager.directory} is kept.")
+    for k, v in values.items():
+      sums[k] = sums.get(k, 0.0) + v
+    bar.update(1)
+    if step % config.log_every == 0 or step == config.num_steps:
+      first, started = window_start
+      mean = {k: v / (step - first) for k, v in sums.items()}
+      mean["steps_per_sec"] = (step - first) / (time.perf_counter() - started)
+      logs.write(step, "train", mean)
+      bar.set_postfix(loss=f"{mean['loss']:.4g}")
+      sums.clear()
+      window_start = (step, time.perf_counter())
+
+  try:
+    pending = None
+    for step in range(start_step + 1, config.num_steps + 1):
+      batch = shard_batch(next(iterator), data_sharding)
+      state, metrics = train_step(state, batch, train_key)
+      # Fetching the previous step's metrics after dispatching this one keeps the device busy meanwhile.
+      if pending is not None:
+        record(*pending)
+      pending = (step, metrics)
+      checkpoint_now = step % config.checkpoint_every == 0 or step == config.num_steps
+      evaluate_now = config.eval_every > 0 and (step % config.eval_every == 0 or step == config.num_steps)
+      if checkpoint_now or evaluate_now:
+        record(*pending)
+        pending = None
+      if checkpoint_now:
+        save(step)
+      if evaluate_now:
+        evaluate(step)
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    logs.close()
+  return state

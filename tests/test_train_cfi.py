@@ -1,0 +1,139 @@
+"""The CFI task in the shared loop: sharded vs single-device steps, and launch.train end to end in subprocesses
+(smoke run -> launch.fuse / launch.evaluate, SIGKILL + exact resume)."""
+import functools
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import flax.traverse_util
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+
+from launch import checkpoints
+from launch import tasks
+from launch import trainer
+from launch.configs import cfi as cfi_configs
+
+_SMOKE = "--config=launch/configs/cfi.py:smoke"
+_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory) -> pathlib.Path:
+  """A persistent XLA cache shared by this module's subprocesses, so identical programs compile once."""
+  return tmp_path_factory.mktemp("xla_cache")
+
+
+def _env(compile_cache: pathlib.Path) -> dict[str, str]:
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(compile_cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return env
+
+
+def _run(args: list[str], repo_root: pathlib.Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+  result = subprocess.run([sys.executable, *args], cwd=repo_root, env=env, capture_output=True, text=True,
+                          timeout=_TIMEOUT_S)
+  assert result.returncode == 0, f"{args} failed:\n{result.stderr[-5000:]}"
+  return result
+
+
+def _model_variables(workdir: pathlib.Path):
+  variables, _ = checkpoints.restore_model_variables(workdir / "checkpoints")
+  return jax.tree.map(np.asarray, variables)
+
+
+def test_sharded_step_matches_single_device():
+  config = cfi_configs.get_config("smoke")
+  task = tasks.make_task(config)
+  batch = next(iter(task.train_dataset(seed=0, process_index=0, process_count=1)))
+  state = jax.tree.map(np.asarray, jax.jit(task.init_state)(jax.random.PRNGKey(0), batch))
+  key = jax.random.PRNGKey(1)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = trainer.make_mesh(devices)
+    placed = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    global_batch = trainer.shard_batch(batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    assert len(global_batch["vis"].sharding.device_set) == len(devices)
+    new_state, metrics = trainer.make_train_step(task, mesh)(placed, global_batch, key)
+    results.append(jax.tree.map(np.asarray, trainer.local_copy(
+        {"params": flax.traverse_util.flatten_dict(new_state.params), "batch_stats": new_state.batch_stats,
+         "metrics": metrics})))
+  one, eight = results
+  close = functools.partial(np.testing.assert_allclose, atol=1e-6)
+  jax.tree.map(functools.partial(close, rtol=1e-6), one["batch_stats"], eight["batch_stats"])
+  # Some gradients are zero in exact arithmetic (conv biases ahead of BatchNorm, attention key biases under
+  # softmax); their float rounding noise depends on the reduction order and is amplified by BatchNorm on the all-zero
+  # input of a dropped modality. It enters the global gradient norm (hence its looser bound), and Adam's first step,
+  # lr * g / |g|, turns it into +-lr on those biases (so biases other than BatchNorm's are left out). Kernels,
+  # BatchNorm parameters and statistics, and every loss term must agree.
+  for name, value in one["metrics"].items():
+    close(value, eight["metrics"][name], rtol=1e-5 if name == "grad_norm" else 1e-6, err_msg=name)
+  for path, value in one["params"].items():
+    if path[-1] != "bias" or path[-2] == "bn":
+      close(value, eight["params"][path], rtol=1e-6, err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, repo_root, compile_cache) -> pathlib.Path:
+  """Workdir of an uninterrupted `launch.train` smoke run."""
+  workdir = tmp_path_factory.mktemp("smoke")
+  _run(["-m", "launch.train", _SMOKE, f"--workdir={workdir}"], repo_root, _env(compile_cache))
+  return workdir
+
+
+def test_smoke_run_writes_checkpoints_logs_and_eval(smoke_run):
+  config = cfi_configs.get_config("smoke")
+  assert (smoke_run / "checkpoints" / str(config.num_steps)).is_dir()
+  records = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [config.num_steps]
+  assert 0 < evals[0]["EN"] <= 8 and (smoke_run / evals[0]["image"]).is_file()
+  assert [r["step"] for r in records if r["split"] == "train"] == list(
+      range(config.log_every, config.num_steps + 1, config.log_every))
+  variables, saved_config = checkpoints.restore_model_variables(smoke_run / "checkpoints")
+  assert saved_config["model"] == "isfuse" and saved_config["model_config"]["features"] == config.model.features
+  assert jax.tree.leaves(variables["batch_stats"])
+
+
+def test_fuse_and_evaluate_on_trained_checkpoint(smoke_run, repo_root, compile_cache, tmp_path):
+  samples, checkpoint = smoke_run / "samples", smoke_run / "checkpoints"
+  out = tmp_path / "fused.png"
+  _run(["-m", "launch.fuse", f"--checkpoint={checkpoint}", f"--ir={samples / 'ir/0.png'}",
+        f"--vis={samples / 'vi/0.png'}", f"--out={out}"], repo_root, _env(compile_cache))
+  fused, ir = np.asarray(Image.open(out)), np.asarray(Image.open(samples / "ir/0.png"))
+  assert fused.shape == ir.shape and fused.dtype == np.uint8 and fused.std() > 0
+
+  _run(["-m", "launch.evaluate", f"--checkpoint={checkpoint}", f"--ir_dir={samples / 'ir'}",
+        f"--vis_dir={samples / 'vi'}", f"--output_dir={tmp_path / 'eval'}"], repo_root, _env(compile_cache))
+  assert "EN" in (tmp_path / "eval" / "summary.md").read_text()
+  assert sorted(p.name for p in (tmp_path / "eval" / "fused").iterdir()) == ["0.png", "1.png"]
+
+
+def test_sigkill_and_resume_is_bit_identical(smoke_run, repo_root, compile_cache, tmp_path):
+  config = cfi_configs.get_config("smoke")
+  # Any checkpointed step before the last must do; which one is drawn afresh each run.
+  kill_after = random.choice(range(config.checkpoint_every, config.num_steps, config.checkpoint_every))
+  args = [sys.executable, "-m", "launch.train", _SMOKE, f"--workdir={tmp_path}"]
+  process = subprocess.Popen(args, cwd=repo_root, env=_env(compile_cache), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + _TIMEOUT_S
+  while not (tmp_path / "checkpoints" / str(kill_after)).is_dir():
+    assert process.poll() is None, f"training ended before step {kill_after}:\n{process.stderr.read()[-5000:]}"
+    assert time.monotonic() < deadline
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert process.returncode == -signal.SIGKILL, f"the run finished before it was killed after step {kill_after}"
+
+  _run(args[1:], repo_root, _env(compile_cache))
+  resumed, straight = _model_variables(tmp_path), _model_variables(smoke_run)
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)

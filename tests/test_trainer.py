@@ -1,0 +1,185 @@
+"""The shared training loop's mechanics (launch/trainer.py) on tests/linear_task.py: cheap to compile, so these
+tests cover resharded restore, exact resume, NaN handling, config mismatches and the logs in a few seconds."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from launch import task as task_lib
+from launch import tasks
+from launch import trainer
+import linear_task
+
+
+def _train(workdir, *, devices=None, task_cls=linear_task.LinearTask, **overrides):
+  config = linear_task.get_config(**overrides)
+  return trainer.train_and_evaluate(config, workdir, task=task_cls(config), devices=devices)
+
+
+def _host(tree):
+  return jax.tree.map(np.asarray, trainer.local_copy(flax.serialization.to_state_dict(tree)))
+
+
+def _assert_trees_equal(a, b):
+  jax.tree.map(np.testing.assert_array_equal, _host(a), _host(b))
+
+
+def test_task_satisfies_protocol():
+  assert isinstance(linear_task.LinearTask(linear_task.get_config()), task_lib.Task)
+  assert not isinstance(linear_task.LinearTask(linear_task.get_config()), task_lib.SampleWriter)
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_checkpoint_from_8_devices_restores_on_fewer_and_trains_on(tmp_path, num_devices):
+  saved = _train(tmp_path / "run", num_steps=3)
+  assert len(jax.devices()) == 8 and saved.params["w"].sharding.mesh.size == 8
+  devices = jax.devices()[:num_devices]
+  restored = _train(tmp_path / "run", num_steps=3, devices=devices)
+  _assert_trees_equal(saved, restored)
+  assert restored.params["w"].sharding.mesh.size == num_devices
+
+  resumed = _train(tmp_path / "run", num_steps=5, devices=devices)
+  straight = _train(tmp_path / "straight", num_steps=5)
+  assert int(resumed.step) == 5
+  # Other device counts reduce in another order: equal up to float rounding.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), _host(resumed), _host(straight))
+
+
+def test_resume_is_bit_identical(tmp_path):
+  straight = _train(tmp_path / "straight", num_steps=6)
+  _train(tmp_path / "split", num_steps=3)
+  resumed = _train(tmp_path / "split", num_steps=6)
+  _assert_trees_equal(straight, resumed)
+
+
+def test_keeps_last_k_checkpoints(tmp_path):
+  _train(tmp_path, num_steps=6, keep_checkpoints=2)
+  assert ocp.CheckpointManager(tmp_path / "checkpoints").all_steps() == [5, 6]
+
+
+@pytest.mark.parametrize("target", ["loss", "params"])
+def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, target):
+  with pytest.raises(trainer.NonFiniteError, match=r"at step 3.*last good checkpoint \(step 2\)"):
+    _train(tmp_path, num_steps=6, nan_at_step=3, nan_target=target)
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints")
+  assert manager.latest_step() == 2
+  params = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state["params"]
+  assert np.all(np.isfinite(params["w"]))
+
+
+def test_refuses_checkpoint_of_other_config_or_model(tmp_path):
+  _train(tmp_path, num_steps=2)
+  with pytest.raises(trainer.CheckpointMismatchError, match=r"learning_rate: checkpoint 0.1, now 0.2") as error:
+    _train(tmp_path, num_steps=4, learning_rate=0.2, batch_size=16)
+  assert "batch_size: checkpoint 8, now 16" in str(error.value)
+  assert "num_steps: checkpoint" not in str(error.value)
+  with pytest.raises(trainer.CheckpointMismatchError, match=r"model: checkpoint 'linear', now 'other'"):
+    _train(tmp_path, num_steps=4, task_cls=linear_task.OtherTask)
+  # Loop-bookkeeping fields may change.
+  state = _train(tmp_path, num_steps=3, log_every=1, eval_every=3, checkpoint_every=3, keep_checkpoints=1)
+  assert int(state.step) == 3
+
+
+def test_config_differences_lists_added_and_removed_fields():
+  current = {"model": "m", "process_count": 1, "experiment": {"a": {"b": 1}, "num_steps": 5}}
+  saved = {"model": "m", "process_count": 2, "experiment": {"a": {"c": 1}, "num_steps": 9}}
+  assert trainer.config_differences(saved, current) == [
+      "process_count: checkpoint 2, now 1", "a.b: checkpoint '<absent>', now 1", "a.c: checkpoint 1, now '<absent>'"]
+  assert trainer.config_differences({"model": "m"}, current)[0].startswith("the checkpoint has no training config")
+
+
+def test_writes_logs_eval_images_and_tensorboard(tmp_path):
+  _train(tmp_path, num_steps=4)
+  _train(tmp_path, num_steps=2)  # No-op resume at the end: the logs stay as they are.
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r["split"] == "train"]
+  evals = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in train] == [2, 4] and [r["step"] for r in evals] == [2, 4]
+  assert all(np.isfinite(r["loss"]) and r["steps_per_sec"] > 0 for r in train)
+  assert evals[-1]["w_error"] >= 0 and (tmp_path / evals[-1]["image"]).is_file()
+  assert evals[-1]["undefined"] is None and "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_drops_log_records_of_the_interrupted_tail(tmp_path):
+  _train(tmp_path, num_steps=4, checkpoint_every=2)
+  # Pretend the run died after logging step 4 but before checkpointing it.
+  shutil.rmtree(tmp_path / "checkpoints" / "4")
+  _train(tmp_path, num_steps=4, checkpoint_every=2)
+  steps = [(r["split"], r["step"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+  assert steps == [("train", 2), ("eval", 2), ("train", 4), ("eval", 4)]
+
+
+def test_rejects_batch_that_does_not_split_over_devices(tmp_path):
+  with pytest.raises(ValueError, match="batch_size 6 must divide by the 8 devices"):
+    _train(tmp_path, batch_size=6)
+
+
+def test_registry_names_unknown_tasks():
+  with pytest.raises(ValueError, match=r"Unknown config.task 'nope'; known tasks: cfi, dfc"):
+    tasks.make_task(linear_task.get_config(task="nope"))
+
+
+# Runs launch.train's main with the linear task registered and dumps this process's final parameters.
+_TRAIN_SCRIPT = """
+import sys
+sys.path.insert(0, "tests")
+import jax
+import numpy as np
+from absl import app
+from launch import tasks, train, trainer
+
+tasks.register_task("linear", "linear_task")
+train_and_evaluate = trainer.train_and_evaluate
+
+def train_and_dump(config, workdir):
+  state = train_and_evaluate(config, workdir)
+  np.savez(f"{workdir}/params_{jax.process_index()}.npz", step=trainer.local_copy(state.step),
+           **trainer.local_copy(state.params))
+  return state
+
+trainer.train_and_evaluate = train_and_dump
+app.run(train.main, argv=["train", *sys.argv[1:]])
+"""
+
+_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def test_train_binary_refuses_mismatched_checkpoint_with_message(repo_root, tmp_path):
+  _train(tmp_path, num_steps=2)
+  result = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, "--config=tests/linear_task.py",
+                           f"--workdir={tmp_path}", "--config.learning_rate=0.5"],
+                          cwd=repo_root, env=_ENV, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert "Error: Refusing to resume" in result.stderr and "learning_rate: checkpoint 0.1, now 0.5" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_two_process_distributed_run_agrees(repo_root, tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  processes = [
+      subprocess.Popen([sys.executable, "-c", _TRAIN_SCRIPT, "--config=tests/linear_task.py",
+                        f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                        f"--process_id={pid}"],
+                       cwd=repo_root, env=_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for pid in (0, 1)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-5000:]
+  dumps = [np.load(tmp_path / f"params_{pid}.npz") for pid in (0, 1)]
+  num_steps = linear_task.get_config().num_steps
+  assert int(dumps[0]["step"]) == int(dumps[1]["step"]) == num_steps
+  np.testing.assert_array_equal(dumps[0]["w"], dumps[1]["w"])
+  # Each process checkpointed the state of its own data iterator.
+  assert sorted(p.name for p in (tmp_path / "checkpoints" / str(num_steps) / "data").glob("process_*")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
