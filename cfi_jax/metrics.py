@@ -553,7 +553,10 @@ def compute_metrics_batch(fused_u8, ir_u8, vis_u8, dialect: str = DEFAULT_DIALEC
   arrays = [_as_gray_stack(n, x, 3) for n, x in (('fused', fused_u8), ('ir', ir_u8), ('vis', vis_u8))]
   if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
     raise ValueError(f'fused, ir and vis shapes differ: {[a.shape for a in arrays]}')
-  with jax.enable_x64(np.dtype(dtype) == np.float64):
+  use_x64 = np.dtype(dtype) == np.float64
+  # TPUs have no float64: the validation-grade path runs on the host CPU whatever the default backend is.
+  device = jax.local_devices(backend='cpu')[0] if use_x64 else None
+  with jax.enable_x64(use_x64), jax.default_device(device):
     out = dialect_metrics(*(jnp.asarray(a, dtype) for a in arrays), dialect=dialect)
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
