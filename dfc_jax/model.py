@@ -1,0 +1,238 @@
+"""DFC-Net (design in shared/specs/dfc_net.md): keypoint pose encoder, amplifier, static encoder, generator, PatchGAN.
+
+Images are NHWC in [-1, 1]. The source image gives the pose, the target image the static appearance:
+output = G(A(E_p(source)), E_s(target)). Keypoint coordinates are (x, y) in [-1, 1] at pixel centres.
+"""
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+AMPLIFIERS = ('sharpen', 'gain', 'both', 'off')
+INJECTIONS = ('concat', 'spade')
+
+
+def pixel_centres(n: int) -> jax.Array:
+  """Coordinates of n pixel centres in [-1, 1] (the convention of every keypoint here)."""
+  return (2.0 * jnp.arange(n, dtype=jnp.float32) + 1.0) / n - 1.0
+
+
+def soft_argmax(logits: jax.Array) -> jax.Array:
+  """Expected (x, y) of the spatial softmax of heatmap logits [N,h,w,K] -> keypoints [N,K,2] in [-1, 1].
+
+  Separable: the softmax over all pixels is reduced to its x and y marginals (Jakab et al. 2018).
+  """
+  n, h, w, k = logits.shape
+  probs = jax.nn.softmax(logits.reshape(n, h * w, k), axis=1).reshape(n, h, w, k)
+  x = jnp.einsum('nwk,w->nk', probs.sum(axis=1), pixel_centres(w))
+  y = jnp.einsum('nhk,h->nk', probs.sum(axis=2), pixel_centres(h))
+  return jnp.stack([x, y], axis=-1)
+
+
+def render_gaussians(keypoints: jax.Array, shape: tuple[int, int], sigma: float) -> jax.Array:
+  """Isotropic Gaussian maps exp(-|p - k|^2 / (2 sigma^2)) of keypoints [N,K,2] on an (h, w) grid -> [N,h,w,K]."""
+  h, w = shape
+  gx = jnp.exp(-(pixel_centres(w)[None, :, None] - keypoints[:, None, :, 0]) ** 2 / (2 * sigma**2))  # [N,w,K]
+  gy = jnp.exp(-(pixel_centres(h)[None, :, None] - keypoints[:, None, :, 1]) ** 2 / (2 * sigma**2))  # [N,h,K]
+  return gy[:, :, None, :] * gx[:, None, :, :]
+
+
+class ConvNormAct(nn.Module):
+  """Conv -> instance norm -> leaky ReLU (instance norm keeps samples independent under any sharding; it also
+  removes any per-channel constant, so the conv has no bias)."""
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, use_bias=False, dtype=self.dtype)(x)
+    x = nn.InstanceNorm(dtype=self.dtype)(x)
+    return nn.leaky_relu(x, 0.2)
+
+
+class PoseEncoder(nn.Module):
+  """Conv stack (stride 1, then one stride-2 stage per further width) -> K heatmap logits at 1/2^(stages)."""
+  widths: Sequence[int] = (32, 64, 128, 256)
+  num_keypoints: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = ConvNormAct(self.widths[0], dtype=self.dtype)(x)
+    for width in self.widths[1:]:
+      x = ConvNormAct(width, stride=2, dtype=self.dtype)(x)
+      x = ConvNormAct(width, dtype=self.dtype)(x)
+    return nn.Conv(self.num_keypoints, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class StaticEncoder(nn.Module):
+  """Conv stack returning features at scales 1, 1/2, 1/4, 1/8 (one per width)."""
+  widths: Sequence[int] = (32, 64, 128, 256)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x) -> tuple[jax.Array, ...]:
+    x = ConvNormAct(self.widths[0], dtype=self.dtype)(x)
+    x = ConvNormAct(self.widths[0], dtype=self.dtype)(x)
+    features = [x]
+    for width in self.widths[1:]:
+      x = ConvNormAct(width, stride=2, dtype=self.dtype)(x)
+      x = ConvNormAct(width, dtype=self.dtype)(x)
+      features.append(x)
+    return tuple(features)
+
+
+class Spade(nn.Module):
+  """SPADE-style modulation: instance-normalised x scaled and shifted by convolutions of the pose maps."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, pose_maps):
+    x = nn.InstanceNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x)
+    hidden = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(pose_maps))
+    gamma = nn.Conv(self.features, (3, 3), dtype=self.dtype)(hidden)
+    beta = nn.Conv(self.features, (3, 3), dtype=self.dtype)(hidden)
+    return x * (1 + gamma) + beta
+
+
+class Generator(nn.Module):
+  """Decoder from the deepest static features to full resolution; every scale takes its static skip features and
+  the pose maps at that scale (concatenated, or as SPADE modulation). tanh RGB output."""
+  widths: Sequence[int] = (32, 64, 128, 256)
+  injection: str = 'concat'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, static: Sequence[jax.Array], pose_maps: Sequence[jax.Array]):
+    levels = len(self.widths)
+    x = static[-1]
+    for level in reversed(range(levels)):
+      width = self.widths[level]
+      if level < levels - 1:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
+        x = ConvNormAct(width, dtype=self.dtype)(jnp.concatenate([x, static[level]], axis=-1))
+      pose = pose_maps[level].astype(x.dtype)
+      if self.injection == 'concat':
+        x = ConvNormAct(width, dtype=self.dtype)(jnp.concatenate([x, pose], axis=-1))
+        x = ConvNormAct(width, dtype=self.dtype)(x)
+      else:
+        x = nn.leaky_relu(Spade(x.shape[-1], dtype=self.dtype)(x, pose), 0.2)
+        x = nn.Conv(width, (3, 3), dtype=self.dtype)(x)
+        x = nn.leaky_relu(Spade(width, dtype=self.dtype)(x, pose), 0.2)
+    return jnp.tanh(nn.Conv(3, (3, 3), dtype=self.dtype)(x).astype(jnp.float32))
+
+
+class PoseCode(NamedTuple):
+  logits: jax.Array     # [N,h,w,K] heatmap logits (after sharpening)
+  keypoints: jax.Array  # [N,K,2] (x, y) in [-1, 1]
+
+
+class DFCNet(nn.Module):
+  """Pose encoder + keypoint amplifier + static encoder + generator.
+
+  Attributes:
+    num_keypoints: K soft-argmax keypoints.
+    pose_widths / widths: channel widths of the pose encoder and of the static encoder and generator; one scale
+      per width (1, 1/2, 1/4, 1/8 for four).
+    amplifier: 'sharpen' (heatmap logits x sharpen_factor before the softmax), 'gain' (rendered pose maps x a
+      learnable per-keypoint gain initialised to gain_init), 'both', or 'off' (ablation).
+    sigma: Gaussian width of the rendered keypoints, in [-1, 1] units.
+    injection: 'concat' or 'spade' (how the generator takes the pose maps).
+  """
+  num_keypoints: int = 16
+  pose_widths: Sequence[int] = (32, 64, 128, 256)
+  widths: Sequence[int] = (32, 64, 128, 256)
+  amplifier: str = 'gain'
+  sharpen_factor: float = 4.0
+  gain_init: float = 10.0
+  sigma: float = 0.1
+  injection: str = 'concat'
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.amplifier not in AMPLIFIERS:
+      raise ValueError(f'amplifier must be one of {AMPLIFIERS}, got {self.amplifier!r}')
+    if self.injection not in INJECTIONS:
+      raise ValueError(f'injection must be one of {INJECTIONS}, got {self.injection!r}')
+    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, dtype=self.dtype)
+    self.static_encoder = StaticEncoder(self.widths, dtype=self.dtype)
+    self.generator = Generator(self.widths, self.injection, dtype=self.dtype)
+    if self.amplifier in ('gain', 'both'):
+      self.gain = self.param('gain', nn.initializers.constant(self.gain_init), (self.num_keypoints,))
+
+  def encode_pose(self, image: jax.Array) -> PoseCode:
+    logits = self.pose_encoder(image)
+    if self.amplifier in ('sharpen', 'both'):
+      logits = logits * self.sharpen_factor
+    return PoseCode(logits, soft_argmax(logits))
+
+  def encode_static(self, image: jax.Array) -> tuple[jax.Array, ...]:
+    return self.static_encoder(image)
+
+  def pose_maps(self, keypoints: jax.Array, image_size: tuple[int, int]) -> list[jax.Array]:
+    """Amplified Gaussian pose maps at every generator scale (full resolution first)."""
+    h, w = image_size
+    maps = []
+    for level in range(len(self.widths)):
+      m = render_gaussians(keypoints, (h // 2**level, w // 2**level), self.sigma)
+      if self.amplifier in ('gain', 'both'):
+        m = m * self.gain
+      maps.append(m)
+    return maps
+
+  def decode(self, keypoints: jax.Array, static: Sequence[jax.Array]) -> jax.Array:
+    return self.generator(static, self.pose_maps(keypoints, static[0].shape[1:3]))
+
+  def __call__(self, source: jax.Array, target: jax.Array) -> jax.Array:
+    """The target's appearance in the source's pose, [N,H,W,3] in [-1, 1]."""
+    return self.decode(self.encode_pose(source).keypoints, self.encode_static(target))
+
+
+class PatchDiscriminator(nn.Module):
+  """PatchGAN on (image, condition) concatenated; returns its intermediate features and the patch logits last."""
+  width: int = 64
+  num_layers: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x) -> list[jax.Array]:
+    outputs = []
+    x = nn.leaky_relu(nn.Conv(self.width, (4, 4), strides=2, dtype=self.dtype)(x), 0.2)
+    outputs.append(x)
+    for i in range(1, self.num_layers):
+      x = ConvNormAct(self.width * 2**i, kernel=4, stride=2 if i < self.num_layers - 1 else 1, dtype=self.dtype)(x)
+      outputs.append(x)
+    outputs.append(nn.Conv(1, (4, 4), dtype=self.dtype)(x).astype(jnp.float32))
+    return outputs
+
+
+class MultiScaleDiscriminator(nn.Module):
+  """PatchGANs at full and successively halved resolutions, each conditioned on the target image."""
+  num_scales: int = 2
+  width: int = 64
+  num_layers: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array, condition: jax.Array) -> list[list[jax.Array]]:
+    x = jnp.concatenate([image, condition], axis=-1)
+    results = []
+    for scale in range(self.num_scales):
+      if scale:
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+      results.append(PatchDiscriminator(self.width, self.num_layers, dtype=self.dtype)(x))
+    return results
+
+
+def generator_from_config(config: dict[str, Any]) -> DFCNet:
+  """DFCNet from its JSON constructor kwargs (a checkpoint's model_config['generator'])."""
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+  return DFCNet(**kwargs)
+
+
+def discriminator_from_config(config: dict[str, Any]) -> MultiScaleDiscriminator:
+  return MultiScaleDiscriminator(**config)

@@ -1,0 +1,165 @@
+"""DFC-Net train state and the G + D step: pure, jit-able, shardable over a 'data' axis (no collectives inside).
+
+batch: {'source', 'target', 'truth'} float32 [B,H,W,3] in [0, 1] (paired), plus optionally
+{'support_source', 'support_target'} [B_sup,H,W,3] (unpaired support data, no ground truth).
+"""
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from dfc_jax import losses
+from dfc_jax import model as model_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict[str, Any]        # {'generator': DFCNet params, 'discriminator': MultiScaleDiscriminator params}
+  batch_stats: dict[str, Any]   # empty: DFC-Net uses instance norm only (kept for the checkpoint layout)
+  opt_state: dict[str, Any]     # {'generator': ..., 'discriminator': ...}
+  g_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  d_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+def make_optimizer(learning_rate: float, b1: float, b2: float, num_steps: int,
+                   decay_start: float = 0.5) -> optax.GradientTransformation:
+  """Adam with a constant rate, decayed linearly to 0 from decay_start * num_steps to num_steps."""
+  constant_steps = int(num_steps * decay_start)
+  schedule = optax.join_schedules(
+      [optax.constant_schedule(learning_rate),
+       optax.linear_schedule(learning_rate, 0.0, max(1, num_steps - constant_steps))], [constant_steps])
+  return optax.adam(schedule, b1=b1, b2=b2)
+
+
+def to_model_range(images: jax.Array) -> jax.Array:
+  """[0, 1] -> [-1, 1]."""
+  return images * 2.0 - 1.0
+
+
+def to_unit_range(images: jax.Array) -> jax.Array:
+  """[-1, 1] -> [0, 1], clipped."""
+  return jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
+
+
+def create_train_state(key: jax.Array, generator: model_lib.DFCNet, discriminator: model_lib.MultiScaleDiscriminator,
+                       g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
+                       image_shape: tuple[int, int, int, int] = (1, 64, 64, 3)) -> TrainState:
+  """Fresh generator and discriminator parameters with their optimizer states (deterministic from `key`)."""
+  # Jitted: initialising op by op dispatches hundreds of tiny computations, which is slow on a CPU.
+  return jax.jit(functools.partial(_init_state, generator=generator, discriminator=discriminator, g_tx=g_tx,
+                                   d_tx=d_tx, image_shape=tuple(image_shape)))(key)
+
+
+def _init_state(key, *, generator, discriminator, g_tx, d_tx, image_shape) -> TrainState:
+  # The initialisers draw from an 'rbg' key seeded by `key`: XLA compiles threefry's unrolled rounds for every
+  # parameter, which makes initialisation compile ~7x slower on a CPU.
+  rbg_key = jax.random.key(jax.random.bits(key, dtype=jnp.uint32), impl='rbg')
+  g_key, d_key = jax.random.split(rbg_key)
+  image = jnp.zeros(image_shape, jnp.float32)
+  g_params = generator.init(g_key, image, image)['params']
+  d_params = discriminator.init(d_key, image, image)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params={'generator': g_params, 'discriminator': d_params},
+                    batch_stats={}, opt_state={'generator': g_tx.init(g_params), 'discriminator': d_tx.init(d_params)},
+                    g_tx=g_tx, d_tx=d_tx)
+
+
+def _weighted(per_sample: jax.Array, num_paired: int, support_weight: float) -> jax.Array:
+  """Mean over the paired samples plus support_weight x mean over the support samples that follow them."""
+  paired = jnp.mean(per_sample[:num_paired])
+  if per_sample.shape[0] == num_paired:
+    return paired
+  return paired + support_weight * jnp.mean(per_sample[num_paired:])
+
+
+def _generator_loss(g_params, d_params, batch, *, generator, discriminator, config: losses.LossConfig,
+                    vgg_params):
+  """Total generator loss, its parts, and the fakes (with their conditions) for the discriminator step."""
+  source, target, truth = (to_model_range(batch[k]) for k in ('source', 'target', 'truth'))
+  num_paired = source.shape[0]
+  if config.use_support and 'support_source' in batch:
+    source = jnp.concatenate([source, to_model_range(batch['support_source'])])
+    target = jnp.concatenate([target, to_model_range(batch['support_target'])])
+  n = source.shape[0]
+  apply = lambda method, *args: generator.apply({'params': g_params}, *args, method=method)  # noqa: E731
+
+  # One pose-encoder pass for sources and targets, one decoder pass for transfers and self-reconstructions.
+  keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate([source, target])).keypoints
+  static = apply(model_lib.DFCNet.encode_static, target)
+  both = apply(model_lib.DFCNet.decode, keypoints, [jnp.concatenate([f, f]) for f in static])
+  output, reconstruction = both[:n], both[n:]
+
+  d_fake = discriminator.apply({'params': d_params}, output, target)
+  d_real = discriminator.apply({'params': d_params}, truth, target[:num_paired])
+  parts = {
+      'l1': jnp.mean(losses.l1(output[:num_paired], truth)),
+      'adversarial': _weighted(losses.generator_adversarial(d_fake, config.gan_type), num_paired, config.support),
+      'feature_matching': jnp.mean(losses.feature_matching([[f[:num_paired] for f in o] for o in d_fake], d_real)),
+      'self_reconstruction': _weighted(losses.l1(reconstruction, target), num_paired, config.support),
+  }
+  weights = {'l1': config.l1, 'adversarial': config.adversarial, 'feature_matching': config.feature_matching,
+             'self_reconstruction': config.self_reconstruction}
+  if config.perceptual > 0:
+    parts['perceptual'] = jnp.mean(losses.perceptual(vgg_params, output[:num_paired], truth, config.vgg_layers))
+    weights['perceptual'] = config.perceptual
+  if config.use_consistency:
+    # The output is re-encoded with gradients flowing into it and into both encoders (no stop-gradient).
+    keypoints_output = apply(model_lib.DFCNet.encode_pose, output).keypoints
+    static_output = apply(model_lib.DFCNet.encode_static, output)[-1]
+    parts['pose_consistency'] = _weighted(losses.pose_consistency(keypoints_output, keypoints[:n]), num_paired,
+                                          config.support)
+    parts['static_consistency'] = _weighted(losses.static_consistency(static_output, static[-1]), num_paired,
+                                            config.support)
+    weights['pose_consistency'] = config.pose_consistency
+    weights['static_consistency'] = config.static_consistency
+  total = sum(weights[k] * parts[k] for k in parts)
+  return total, (parts, output, target)
+
+
+def _discriminator_loss(d_params, fake, fake_condition, truth, truth_condition, num_paired, *, discriminator,
+                        config: losses.LossConfig):
+  real_out = discriminator.apply({'params': d_params}, truth, truth_condition)
+  fake_out = discriminator.apply({'params': d_params}, fake, fake_condition)
+  real_loss, fake_loss = losses.discriminator_adversarial(real_out, fake_out, config.gan_type)
+  fake_term = _weighted(fake_loss, num_paired, config.support)
+  return jnp.mean(real_loss) + fake_term, {'d_real': jnp.mean(real_loss), 'd_fake': fake_term}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: model_lib.DFCNet,
+               discriminator: model_lib.MultiScaleDiscriminator, config: losses.LossConfig,
+               vgg_params: dict[str, Any] | None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One generator update then one discriminator update on the generator's outputs before its update.
+
+  Metrics: 'loss' (generator total), 'd_loss', every weighted part's unweighted value, 'd_real', 'd_fake'.
+  """
+  g_params, d_params = state.params['generator'], state.params['discriminator']
+  g_loss_fn = lambda g: _generator_loss(g, d_params, batch, generator=generator,  # noqa: E731
+                                        discriminator=discriminator, config=config, vgg_params=vgg_params)
+  (g_loss, (parts, fake, fake_condition)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+  truth = to_model_range(batch['truth'])
+  num_paired = truth.shape[0]
+  (d_loss, d_parts), d_grads = jax.value_and_grad(_discriminator_loss, has_aux=True)(
+      d_params, jax.lax.stop_gradient(fake), fake_condition, truth, fake_condition[:num_paired], num_paired,
+      discriminator=discriminator, config=config)
+  g_updates, g_opt = state.g_tx.update(g_grads, state.opt_state['generator'], g_params)
+  d_updates, d_opt = state.d_tx.update(d_grads, state.opt_state['discriminator'], d_params)
+  new_state = state.replace(
+      step=state.step + 1,
+      params={'generator': optax.apply_updates(g_params, g_updates),
+              'discriminator': optax.apply_updates(d_params, d_updates)},
+      opt_state={'generator': g_opt, 'discriminator': d_opt})
+  return new_state, {'loss': g_loss, 'd_loss': d_loss, **parts, **d_parts}
+
+
+def transfer(g_params, source: jax.Array, target: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:
+  """Target's appearance in the source's pose; [0, 1] images in and out."""
+  output = generator.apply({'params': g_params}, to_model_range(source), to_model_range(target))
+  return to_unit_range(output)
+
+
+def keypoints(g_params, images: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:
+  """The pose encoder's keypoints [N,K,2] in [-1, 1] of [0, 1] images."""
+  return generator.apply({'params': g_params}, to_model_range(images), method=model_lib.DFCNet.encode_pose).keypoints

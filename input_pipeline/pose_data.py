@@ -1,0 +1,85 @@
+"""grain pipelines for DFC-Net: infinite paired + support training batches and fixed evaluation sets.
+
+Images are float32 in [0, 1], NHWC. A training element holds a paired sample (source = pose, target = appearance,
+truth = target's character in the source's pose) and, when support data is on, an unpaired support sample from the
+disjoint support split (support_source, support_target).
+"""
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+import tqdm
+
+from input_pipeline import puppets
+
+# Samples are addressed by index; this many per process is infinite for any training run.
+_STREAM_LENGTH = 2**40
+TRAIN_KEYS = ('source', 'target', 'truth')
+SUPPORT_KEYS = ('support_source', 'support_target')
+
+
+def make_world(data_config: ml_collections.ConfigDict) -> puppets.PuppetWorld:
+  """The puppet world (characters and animations of every split) a data config describes."""
+  return puppets.PuppetWorld(
+      seed=data_config.world_seed,
+      num_train_characters=data_config.num_train_characters,
+      num_test_characters=data_config.num_test_characters,
+      num_support_characters=data_config.num_support_characters,
+      num_train_animations=data_config.num_train_animations,
+      num_test_animations=data_config.num_test_animations,
+      num_support_animations=data_config.num_support_animations,
+      frames_per_animation=data_config.frames_per_animation)
+
+
+class _TrainSample:
+  """Index -> one training element; a picklable callable so that grain worker processes can run it."""
+
+  def __init__(self, world: puppets.PuppetWorld, size: int, seed: int, support: bool):
+    self.paired = puppets.PuppetSampler(world, 'train', size, sample_seed=seed)
+    self.support = puppets.PuppetSampler(world, 'support', size, sample_seed=seed) if support else None
+
+  def __call__(self, index: int) -> dict[str, np.ndarray]:
+    sample = self.paired.paired(int(index))
+    element = {k: sample[k] for k in TRAIN_KEYS}
+    if self.support is not None:
+      unpaired = self.support.unpaired(int(index))
+      element['support_source'] = unpaired['source']
+      element['support_target'] = unpaired['target']
+    return element
+
+
+def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int,
+                       process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Infinite puppet training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3].
+
+  b = batch_size // process_count; process p reads samples p, p + P, p + 2P, ... so processes never overlap. The
+  iterator is checkpointable (grain.checkpoint.CheckpointSave).
+  """
+  if batch_size % process_count:
+    raise ValueError(f'batch_size {batch_size} must divide by the process count {process_count}')
+  if data_config.name != 'puppets':
+    raise ValueError(f"DFC training data {data_config.name!r} is not supported; use 'puppets'")
+  world = make_world(data_config)
+  sample = _TrainSample(world, data_config.image_size, seed, data_config.support)
+  dataset = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count].map(sample)
+  dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
+  read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
+  return dataset.to_iter_dataset(read_options)
+
+
+def make_eval_set(data_config: ml_collections.ConfigDict, split: str, num_samples: int,
+                  sample_seed: int = 0) -> dict[str, np.ndarray]:
+  """`num_samples` paired samples of a puppet test split, stacked: images [N,S,S,3], truth_joints [N,J,2],
+  truth_silhouette [N,S,S] bool, truth_background [N,S,S,3], source_joints [N,J,2]."""
+  sampler = puppets.PuppetSampler(make_world(data_config), split, data_config.image_size, sample_seed=sample_seed)
+  samples = [sampler.paired(i) for i in tqdm.trange(num_samples, desc=f'render {split}', leave=False)]
+  return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def make_calibration_set(data_config: ml_collections.ConfigDict, num_samples: int,
+                         sample_seed: int = 1) -> dict[str, Any]:
+  """Renders of the train split with their true joints, to map learned keypoints to joints (keypoint error)."""
+  sampler = puppets.PuppetSampler(make_world(data_config), 'train', data_config.image_size, sample_seed=sample_seed)
+  samples = [sampler.paired(i) for i in range(num_samples)]
+  return {'images': np.stack([s['source'] for s in samples]), 'joints': np.stack([s['source_joints'] for s in samples])}

@@ -1,0 +1,87 @@
+"""DFC-Net training configs: `python -m launch.train --config=launch/configs/dfc.py:VARIANT --workdir=DIR`.
+
+Variants:
+  smoke: seconds; a tiny network on 32x32 puppets, for tests.
+  demo:  64x64 puppets, a small network trained in minutes on a CPU; transfers poses visibly.
+  paper: 128x128 puppets with the design's widths (32/64/128/256), K = 16, batch 16.
+
+Ablations of the paper's three claims are overrides of any variant:
+  without consistency losses: --config.loss.use_consistency=False
+  without the keypoint amplifier: --config.model.amplifier=off
+  without support data: --config.data.support=False
+"""
+import dataclasses
+
+import ml_collections
+
+from dfc_jax import losses
+
+
+def _loss_defaults() -> ml_collections.ConfigDict:
+  # use_support follows config.data.support (one switch for the data and its losses).
+  return ml_collections.ConfigDict({f.name: getattr(losses.LossConfig(), f.name)
+                                    for f in dataclasses.fields(losses.LossConfig) if f.name != 'use_support'})
+
+
+def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
+  """The config of `variant` ('smoke' | 'demo' | 'paper')."""
+  config = ml_collections.ConfigDict()
+  config.task = 'dfc'
+  config.seed = 0
+  config.model = ml_collections.ConfigDict(dict(
+      num_keypoints=16, pose_widths=(32, 64, 128, 256), widths=(32, 64, 128, 256), amplifier='gain',
+      sharpen_factor=4.0, gain_init=10.0, sigma=0.1, injection='concat'))
+  config.discriminator = ml_collections.ConfigDict(dict(num_scales=2, width=64, num_layers=3))
+  config.loss = _loss_defaults()
+  config.optimizer = ml_collections.ConfigDict(dict(learning_rate=2e-4, b1=0.5, b2=0.999, decay_start=0.5))
+  config.data = ml_collections.ConfigDict(dict(
+      name='puppets', image_size=128, world_seed=0, num_train_characters=64, num_test_characters=16,
+      num_support_characters=32, num_train_animations=48, num_test_animations=16, num_support_animations=24,
+      frames_per_animation=32, support=True, workers=2))
+  # Training-time evaluation on the puppet test splits; keypoint error maps learned keypoints to true joints with a
+  # regressor fitted on calibration_samples renders of the train split.
+  config.eval = ml_collections.ConfigDict(dict(
+      splits=('test_unseen_characters', 'test_unseen_animations'), num_samples=64, calibration_samples=256,
+      grid_rows=6, batch_size=16))
+  config.keep_checkpoints = 3
+
+  if variant == 'smoke':
+    config.model.num_keypoints = 4
+    config.model.pose_widths = (4, 8, 8)
+    config.model.widths = (4, 8, 8)
+    config.discriminator.update(num_scales=2, width=4, num_layers=2)
+    config.loss.vgg_layers = 1
+    config.data.update(image_size=32, num_train_characters=4, num_test_characters=2, num_support_characters=2,
+                       num_train_animations=4, num_test_animations=2, num_support_animations=2, workers=0)
+    config.eval.update(num_samples=2, calibration_samples=8, grid_rows=2, batch_size=2)
+    config.batch_size = 8
+    config.num_steps = 4
+    config.log_every = 2
+    config.eval_every = 4
+    config.checkpoint_every = 2
+  elif variant == 'demo':
+    config.model.pose_widths = (8, 16, 32, 64)
+    config.model.widths = (8, 16, 32, 64)
+    config.discriminator.update(width=16, num_layers=3)
+    # VGG16 on 64x64 images costs more than the whole demo network on a CPU.
+    config.loss.perceptual = 0.0
+    config.data.image_size = 64
+    # A faster rate than the design's 2e-4: the demo has only a few hundred steps.
+    config.optimizer.learning_rate = 1e-3
+    config.eval.update(num_samples=64, calibration_samples=256)
+    config.batch_size = 8
+    config.num_steps = 400
+    config.log_every = 25
+    config.eval_every = 400
+    config.checkpoint_every = 100
+  elif variant == 'paper':
+    config.data.image_size = 128
+    config.batch_size = 16
+    config.num_steps = 100_000
+    config.log_every = 100
+    config.eval_every = 5000
+    config.checkpoint_every = 5000
+    config.eval.num_samples = 512
+  else:
+    raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo or paper.")
+  return config

@@ -1,0 +1,89 @@
+r"""Evaluates a DFC-Net checkpoint on the puppet test splits: SSIM, PSNR, LPIPS (AlexNet), silhouette IoU, keypoint
+error (pixels), and a PNG grid per split (rows: source | target | output | ground truth).
+
+  python -m launch.evaluate_dfc --checkpoint=WORKDIR/checkpoints --out=DIR [--num_samples=256]
+
+The puppet world (characters, animations, resolution) is the one the checkpoint was trained on (its saved
+experiment config). Writes DIR/metrics.json and DIR/<split>.png, and prints the metrics.
+"""
+import json
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+import ml_collections
+from PIL import Image
+
+from dfc_jax import evaluate as dfc_evaluate
+from input_pipeline import pose_data
+from input_pipeline import puppets
+from launch import checkpoints
+from launch.tasks import dfc as dfc_task
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the flags; only when run as a program, since other binaries (launch.fuse) use the same names."""
+  flags.DEFINE_string('checkpoint', None, 'orbax checkpoint directory of a DFC-Net run (WORKDIR/checkpoints).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step; the latest by default.')
+  flags.DEFINE_string('out', None, 'Output folder for metrics.json and the grids.')
+  flags.DEFINE_list('splits', ['test_unseen_characters', 'test_unseen_animations'],
+                    f'Puppet splits to evaluate, from {puppets.SPLITS[:3]}.')
+  flags.DEFINE_integer('num_samples', 256, 'Pairs per split.')
+  flags.DEFINE_integer('calibration_samples', 512,
+                       'Train-split renders used to map learned keypoints to the true joints.')
+  flags.DEFINE_integer('grid_rows', 8, 'Rows of each PNG grid.')
+  flags.DEFINE_integer('sample_seed', 0, 'Seed of the drawn test pairs.')
+  flags.mark_flags_as_required(['checkpoint', 'out'])
+
+
+def data_config_of(checkpoint, step: int | None = None) -> ml_collections.ConfigDict:
+  """The puppet data config a DFC-Net training checkpoint was trained with."""
+  config = checkpoints.restore_config(checkpoint, step)
+  experiment = config.get('experiment')
+  if config.get('model') != 'dfc' or not experiment or 'data' not in experiment:
+    raise dfc_task.DFCCheckpointError(
+        f'{checkpoint}: not a DFC-Net training checkpoint (needs its experiment config)')
+  return ml_collections.ConfigDict(experiment['data'])
+
+
+def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
+                        step: int | None = None, sample_seed: int = 0) -> dict[str, dict[str, float]]:
+  """Metrics per split of a checkpoint; writes out/metrics.json and out/<split>.png."""
+  for split in splits:
+    if split not in puppets.SPLITS[:3]:
+      raise ValueError(f'unknown split {split!r}; choose from {puppets.SPLITS[:3]}')
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  generator, g_params, _ = dfc_task.load_generator(checkpoint, step)
+  data_config = data_config_of(checkpoint, step)
+  evaluator = dfc_evaluate.Evaluator(generator)
+  regressor = evaluator.joint_regressor(g_params, pose_data.make_calibration_set(data_config, calibration_samples))
+  results = {}
+  for split in splits:
+    eval_set = pose_data.make_eval_set(data_config, split, num_samples, sample_seed=sample_seed)
+    results[split], output = evaluator.evaluate(g_params, eval_set, regressor)
+    grid = dfc_evaluate.image_grid([eval_set['source'], eval_set['target'], output, eval_set['truth']], grid_rows)
+    Image.fromarray(grid).save(out / f'{split}.png')
+  (out / 'metrics.json').write_text(json.dumps(results, indent=2) + '\n')
+  return results
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  try:
+    results = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.out, splits=FLAGS.splits, num_samples=FLAGS.num_samples,
+                                  calibration_samples=FLAGS.calibration_samples, grid_rows=FLAGS.grid_rows,
+                                  step=FLAGS.step, sample_seed=FLAGS.sample_seed)
+  except (FileNotFoundError, ValueError) as e:  # DFCCheckpointError is a ValueError
+    sys.exit(f'Error: {e}')
+  for split, values in results.items():
+    print(split + ': ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

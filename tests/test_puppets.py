@@ -1,0 +1,166 @@
+"""Puppet renderer, its splits and the DFC-Net data pipelines (puppets and video frames)."""
+import dataclasses
+import math
+
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from input_pipeline import images
+from input_pipeline import pose_data
+from input_pipeline import puppets
+from input_pipeline import video_frames
+
+_WORLD = puppets.PuppetWorld(seed=3, num_train_characters=6, num_test_characters=3, num_support_characters=3,
+                             num_train_animations=8, num_test_animations=4, num_support_animations=4)
+
+
+def _data_config(**overrides) -> ml_collections.ConfigDict:
+  fields = dict(name='puppets', image_size=32, world_seed=3, num_train_characters=6, num_test_characters=3,
+                num_support_characters=3, num_train_animations=8, num_test_animations=4, num_support_animations=4,
+                frames_per_animation=16, support=True, workers=0)
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def test_same_render_twice_is_identical():
+  char_a = puppets.make_character(3, 'train', 0)
+  char_b = puppets.make_character(3, 'train', 1)
+  pose = puppets.make_animation(3, 'train', 2, puppets.TRAIN_ANIMATION_TYPES).pose(0.3)
+  first, second = puppets.render(char_b, pose, 64), puppets.render(char_b, pose, 64)
+  for x, y in zip(first, second):
+    np.testing.assert_array_equal(x, y)
+  # Same character and pose, but a different character: a different image.
+  assert np.abs(puppets.render(char_a, pose, 64).image - first.image).mean() > 0.01
+
+
+def test_paired_samples_are_deterministic_and_the_truth_is_b_in_a_pose():
+  sampler = puppets.PuppetSampler(_WORLD, 'train', 48)
+  again = puppets.PuppetSampler(_WORLD, 'train', 48)
+  for index in range(3):
+    sample, repeat = sampler.paired(index), again.paired(index)
+    for key in sample:
+      np.testing.assert_array_equal(sample[key], repeat[key])
+    # Retargeting keeps every joint angle: each bone of the truth points the same way as the source's bone.
+    for parent, child in (('l_shoulder', 'l_elbow'), ('l_elbow', 'l_hand'), ('r_hip', 'r_knee'),
+                          ('r_knee', 'r_foot'), ('pelvis', 'neck')):
+      p, c = puppets.JOINT_NAMES.index(parent), puppets.JOINT_NAMES.index(child)
+      source_bone = sample['source_joints'][c] - sample['source_joints'][p]
+      truth_bone = sample['truth_joints'][c] - sample['truth_joints'][p]
+      cosine = source_bone @ truth_bone / (np.linalg.norm(source_bone) * np.linalg.norm(truth_bone))
+      assert cosine == pytest.approx(1.0, abs=1e-5)
+    # The truth has the target's look: same backdrop colours (pixel (0, 0) is always background).
+    np.testing.assert_allclose(sample['truth'][0, 0], sample['target'][0, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize('kind', puppets.TRAIN_ANIMATION_TYPES + puppets.UNSEEN_ANIMATION_TYPES)
+def test_true_joints_lie_inside_the_silhouette(kind):
+  for index in range(3):
+    character = puppets.make_character(5, 'train', index)
+    animation = dataclasses.replace(puppets.make_animation(5, 'train', index, (kind,)), amplitude=1.2)
+    for t in np.linspace(0.0, 1.0, 6, endpoint=False):
+      result = puppets.render(character, animation.pose(float(t)), 64)
+      assert result.image.shape == (64, 64, 3) and result.image.dtype == np.float32
+      assert 0.0 <= result.image.min() and result.image.max() <= 1.0
+      cols, rows = np.floor(result.joints.T).astype(int)
+      assert ((rows >= 0) & (rows < 64) & (cols >= 0) & (cols < 64)).all(), (kind, t, result.joints)
+      assert result.silhouette[rows, cols].all(), (kind, t)
+      # Outside the silhouette the image is the backdrop.
+      outside = ~result.silhouette & ~_dilate(result.silhouette)
+      np.testing.assert_allclose(result.image[outside], result.background[outside], atol=1e-6)
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+  """Pixels within one of the mask (anti-aliased edges are partly covered)."""
+  out = mask.copy()
+  for axis in (0, 1):
+    for shift in (-1, 1):
+      out |= np.roll(mask, shift, axis=axis)
+  return out
+
+
+def test_any_resolution_scales_the_same_scene():
+  character = puppets.make_character(0, 'test', 1)
+  pose = puppets.make_animation(0, 'train', 4, puppets.TRAIN_ANIMATION_TYPES).pose(0.6)
+  small, large = puppets.render(character, pose, 64), puppets.render(character, pose, 256)
+  np.testing.assert_allclose(large.joints, 4 * small.joints, rtol=1e-5)
+  # Box-downsampled big silhouette agrees with the small one.
+  pooled = large.silhouette.reshape(64, 4, 64, 4).mean(axis=(1, 3)) >= 0.5
+  iou = (pooled & small.silhouette).sum() / (pooled | small.silhouette).sum()
+  assert iou > 0.85
+
+
+def test_splits_are_disjoint():
+  train_chars, train_anims = _WORLD.split_pools('train')
+  test_chars, _ = _WORLD.split_pools('test_unseen_characters')
+  _, unseen_anims = _WORLD.split_pools('test_unseen_animations')
+  support_chars, support_anims = _WORLD.split_pools('support')
+  assert not set(train_chars) & set(test_chars)
+  assert not set(train_chars) & set(support_chars)
+  assert not set(test_chars) & set(support_chars)
+  assert not set(train_anims) & set(support_anims)
+  assert {a.kind for a in unseen_anims} == set(puppets.UNSEEN_ANIMATION_TYPES)
+  assert not {a.kind for a in train_anims} & set(puppets.UNSEEN_ANIMATION_TYPES)
+  with pytest.raises(ValueError, match='unknown puppet split'):
+    _WORLD.split_pools('validation')
+
+
+def test_train_dataset_batches_shards_and_checkpoints():
+  config = _data_config()
+  dataset = pose_data.make_train_dataset(config, seed=0, batch_size=4, process_index=0, process_count=2)
+  iterator = iter(dataset)
+  batch = next(iterator)
+  assert set(batch) == set(pose_data.TRAIN_KEYS + pose_data.SUPPORT_KEYS)
+  for value in batch.values():
+    assert value.shape == (2, 32, 32, 3) and value.dtype == np.float32
+  other = next(iter(pose_data.make_train_dataset(config, seed=0, batch_size=4, process_index=1, process_count=2)))
+  assert not np.array_equal(batch['source'], other['source'])
+  # Process p holds samples p, p + P, ...: sample 1 is the first of process 1.
+  np.testing.assert_array_equal(other['source'][0],
+                                puppets.PuppetSampler(pose_data.make_world(config), 'train', 32).paired(1)['source'])
+  state = iterator.get_state()
+  expected = next(iterator)
+  iterator.set_state(state)
+  np.testing.assert_array_equal(next(iterator)['truth'], expected['truth'])
+  no_support = next(iter(pose_data.make_train_dataset(_data_config(support=False), seed=0, batch_size=2)))
+  assert set(no_support) == set(pose_data.TRAIN_KEYS)
+
+
+def test_eval_and_calibration_sets():
+  config = _data_config()
+  eval_set = pose_data.make_eval_set(config, 'test_unseen_animations', 3)
+  assert eval_set['truth'].shape == (3, 32, 32, 3)
+  assert eval_set['truth_joints'].shape == (3, puppets.NUM_JOINTS, 2)
+  assert eval_set['truth_silhouette'].dtype == bool
+  calibration = pose_data.make_calibration_set(config, 4)
+  assert calibration['images'].shape == (4, 32, 32, 3) and calibration['joints'].shape == (4, puppets.NUM_JOINTS, 2)
+
+
+def test_video_frame_pairs(shared_dir):
+  folder = shared_dir / 'data' / 'pose' / 'edn_subject4' / 'train_img'
+  source = video_frames.FramePairSource(folder, 64, 5, seed=1)
+  assert len(source) == 5 and len(source.frames) == 10
+  for (i, j), sample in zip(source.pairs, (source[k] for k in range(5))):
+    assert i != j
+    assert sample['source'].shape == (64, 64, 3) and sample['source'].dtype == np.float32
+    np.testing.assert_array_equal(sample['source'], sample['truth'])
+    assert not np.array_equal(sample['source'], sample['target'])
+  batch = video_frames.make_pair_dataset(folder, 32, 3, batch_size=2)[1]
+  assert batch['target'].shape == (1, 32, 32, 3)
+  # The central-square crop of a 1024x512 frame is its middle 512x512.
+  assert video_frames.crop_box((512, 1024, 3), 'center') == (0, 256, 512, 512)
+
+
+def test_video_frames_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    video_frames.list_frames(tmp_path / 'missing')
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')
+  with pytest.raises(ValueError, match='at least 2'):
+    video_frames.list_frames(tmp_path)
+  (tmp_path / 'b.png').write_bytes(b'not a png')
+  with pytest.raises(images.ImageReadError, match='b.png'):
+    video_frames.FramePairSource(tmp_path, 16, 2)[0]  # every pair reads both frames
+  with pytest.raises(ValueError, match='does not fit'):
+    video_frames.crop_box((8, 8), (0, 0, 9, 8))
+  assert math.isclose(video_frames.load_frame(tmp_path / 'a.png', 4).max(), 0.0)
