@@ -19,8 +19,7 @@ from cfi_jax import torch_import
 from cfi_jax.model import ISFuse
 from launch import checkpoints
 
-_TORCH_CHECKPOINT = flags.DEFINE_string('torch_checkpoint', None, 'Path of the released PyTorch state dict (.pth).')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Empty or new directory for the orbax checkpoint.')
+FLAGS = flags.FLAGS
 
 _DEFAULT_FEATURES = 32
 _WIDTH_KEY = 'encoder_ir.module1.0.weight'
@@ -60,30 +59,44 @@ def import_state_dict(state_dict: Mapping[str, np.ndarray]) -> tuple[dict, dict,
   return variables, {'model': 'isfuse', 'model_config': model_config}, ignored
 
 
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _TORCH_CHECKPOINT.value or not _OUTPUT_DIR.value:
-    raise app.UsageError('--torch_checkpoint and --output_dir are required')
-  state_dict = load_torch_state_dict(_TORCH_CHECKPOINT.value)
+def import_checkpoint(torch_checkpoint: str, output_dir: str) -> pathlib.Path:
+  """Converts `torch_checkpoint` into an orbax checkpoint in `output_dir`; SystemExit naming the file on errors."""
+  state_dict = load_torch_state_dict(torch_checkpoint)
   try:
     variables, config, ignored = import_state_dict(state_dict)
   except torch_import.WeightImportError as e:
-    raise SystemExit(f'{_TORCH_CHECKPOINT.value}: {e}') from e
+    raise SystemExit(f'{torch_checkpoint}: {e}') from e
   for name in ignored:
     count = sum(v.size for k, v in state_dict.items()
                 if k.split('.')[0] == name and k.rpartition('.')[2] in ('weight', 'bias'))
     logging.warning('Ignoring %s (%d parameters): the release defines it but never uses it in forward().',
                     name, count)
-  config['source'] = {'torch_checkpoint': str(pathlib.Path(_TORCH_CHECKPOINT.value).absolute()),
+  config['source'] = {'torch_checkpoint': str(pathlib.Path(torch_checkpoint).absolute()),
                       'ignored_modules': ignored}
   try:
-    path = checkpoints.save_inference_checkpoint(_OUTPUT_DIR.value, variables, config)
+    path = checkpoints.save_inference_checkpoint(output_dir, variables, config)
   except FileExistsError as e:
     raise SystemExit(str(e)) from e
   n_params = sum(x.size for x in jax.tree.leaves(variables['params']))
   logging.info('Wrote %s (%d parameters, model_config %s).', path, n_params, config['model_config'])
+  return path
+
+
+def define_flags() -> None:
+  # Defined only when run as a program: launch.evaluate also has --output_dir, and both are imported in one process
+  # by the tests and notebooks.
+  flags.DEFINE_string('torch_checkpoint', None, 'Path of the released PyTorch state dict (.pth).')
+  flags.DEFINE_string('output_dir', None, 'Empty or new directory for the orbax checkpoint.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS.torch_checkpoint or not FLAGS.output_dir:
+    raise app.UsageError('--torch_checkpoint and --output_dir are required')
+  import_checkpoint(FLAGS.torch_checkpoint, FLAGS.output_dir)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

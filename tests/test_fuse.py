@@ -163,9 +163,8 @@ def test_importer_names_key_and_shape_mismatches(release_state_dict, tmp_path):
   state['cfi4.q_v.weight'] = torch.zeros(32, 16, 1, 1)
   del state['final_decoder.0.bias']
   torch.save(state, tmp_path / 'bad.pth')
-  with flagsaver.flagsaver(torch_checkpoint=str(tmp_path / 'bad.pth'), output_dir=str(tmp_path / 'out')):
-    with pytest.raises(SystemExit) as error:
-      import_isfuse.main(['import_isfuse'])
+  with pytest.raises(SystemExit) as error:
+    import_isfuse.import_checkpoint(str(tmp_path / 'bad.pth'), str(tmp_path / 'out'))
   message = str(error.value)
   assert 'bad.pth' in message and "'cfi3.extra.weight'" in message
   assert "'cfi4.q_v.weight': checkpoint (32, 16, 1, 1)" in message and '(1, 1, 32, 32)' in message
@@ -180,9 +179,7 @@ def test_importer_reports_unused_modules(release_state_dict):
 
 
 def test_fuse_with_imported_release_weights(release_state_dict, shared_dir, tmp_path):
-  with flagsaver.flagsaver(torch_checkpoint=str(shared_dir / 'isfuse_reference' / 'best.pth'),
-                           output_dir=str(tmp_path / 'ckpt')):
-    import_isfuse.main(['import_isfuse'])
+  import_isfuse.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(tmp_path / 'ckpt'))
   data = shared_dir / 'data' / 'ivif' / 'roadscene' / 'test'
   _run(tmp_path / 'ckpt', ir=data / 'ir' / '1.jpg', vis=data / 'vi' / '1.jpg', out=tmp_path / 'out.png')
   out = images.read_image(tmp_path / 'out.png').astype(int)

@@ -1,6 +1,5 @@
 """Acceptance: the imported release weights reproduce the authors' PyTorch outputs (spec isfuse_cfi.md §1)."""
 import numpy as np
-from absl.testing import flagsaver
 import pytest
 
 from cfi_jax import inference
@@ -16,9 +15,7 @@ def imported(shared_dir, tmp_path_factory):
   """(model, variables) restored from the orbax checkpoint that the import binary writes from best.pth."""
   pytest.importorskip('torch')
   output_dir = tmp_path_factory.mktemp('imported') / 'ckpt'
-  with flagsaver.flagsaver(torch_checkpoint=str(shared_dir / 'isfuse_reference' / 'best.pth'),
-                           output_dir=str(output_dir)):
-    import_isfuse.main(['import_isfuse'])
+  import_isfuse.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
   variables, config = checkpoints.restore_model_variables(output_dir)
   assert config['model'] == 'isfuse'
   assert config['source']['ignored_modules'] == ['adjust_channels3', 'module4', 'module5']
