@@ -2,7 +2,8 @@
 
 Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
-  demo:  64x64 puppets, a small network trained in minutes on a CPU; transfers poses visibly.
+  demo:  64x64 puppets, a small network trained in minutes on a CPU. Its 400 steps do not yet transfer poses
+         (outputs are blobs on the target's background); more steps or tuning are still needed.
   paper: 128x128 puppets with the design's widths (32/64/128/256), K = 16, batch 16.
 
 Ablations of the paper's three claims are overrides of any variant:
