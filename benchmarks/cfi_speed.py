@@ -10,10 +10,7 @@ fraction of a matrix-multiply peak measured on the same machine, and peak memory
 import json
 import os
 import pathlib
-import resource
-import statistics
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -24,7 +21,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from cfi_jax import losses  # pylint: disable=g-import-not-at-top
+import timing  # pylint: disable=g-import-not-at-top
+from cfi_jax import losses
 from cfi_jax import model as model_lib
 from cfi_jax import train as train_lib
 
@@ -37,14 +35,6 @@ _TRAIN_SIZE = flags.DEFINE_integer("train_size", 256, "Square crop size of the t
 _INFER_SIZES = flags.DEFINE_list("infer_sizes", ["480x640", "256x256"], "HxW of the inference images.")
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  fn()  # Warm-up (compilation, allocator, caches).
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def analytic_forward_flops(height: int, width: int, dim: int = 32, pool: int = 8) -> float:
@@ -67,19 +57,8 @@ def analytic_forward_flops(height: int, width: int, dim: int = 32, pool: int = 8
   return flops
 
 
-def matmul_peak_flops(device) -> float:
-  n = 2048 if device.platform == "cpu" else 8192
-  a = jax.device_put(jnp.ones((n, n), jnp.float32), device)
-  matmul = jax.jit(lambda x: x @ x)
-  seconds = _median_seconds(lambda: matmul(a).block_until_ready(), 5)
-  return 2.0 * n**3 / seconds
 
 
-def _xla_flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, list):
-    analysis = analysis[0]
-  return float(analysis.get("flops", float("nan")))
 
 
 def time_jax_inference(device, height: int, width: int, variables, model, repeats: int) -> dict:
@@ -89,8 +68,8 @@ def time_jax_inference(device, height: int, width: int, variables, model, repeat
   variables = jax.device_put(variables, device)
   fuse = jax.jit(lambda v, a, b: model.apply(v, a, b, train=False).fused)
   compiled = fuse.lower(variables, vis, ir).compile()
-  seconds = _median_seconds(lambda: compiled(variables, vis, ir).block_until_ready(), repeats)
-  return {"seconds": seconds, "images_per_s": 1.0 / seconds, "xla_flops": _xla_flops(compiled)}
+  seconds = timing.median_seconds(lambda: compiled(variables, vis, ir).block_until_ready(), repeats)
+  return {"seconds": seconds, "images_per_s": 1.0 / seconds, "xla_flops": timing.xla_flops(compiled)}
 
 
 def time_jax_train_step(device, batch: int, size: int, repeats: int) -> dict:
@@ -110,8 +89,8 @@ def time_jax_train_step(device, batch: int, size: int, repeats: int) -> dict:
     state, metrics = compiled(state, data, key)
     jax.block_until_ready(metrics)
 
-  seconds = _median_seconds(run, repeats)
-  return {"seconds": seconds, "steps_per_s": 1.0 / seconds, "xla_flops": _xla_flops(compiled)}
+  seconds = timing.median_seconds(run, repeats)
+  return {"seconds": seconds, "steps_per_s": 1.0 / seconds, "xla_flops": timing.xla_flops(compiled)}
 
 
 def time_torch(height: int, width: int, batch: int, train: bool, use_gpu: bool, repeats: int) -> dict:
@@ -144,17 +123,12 @@ def time_torch(height: int, width: int, batch: int, train: bool, use_gpu: bool, 
         model(vis, ir)
       sync()
 
-  seconds = _median_seconds(run, repeats)
+  seconds = timing.median_seconds(run, repeats)
   if train:
     return {"seconds": seconds, "steps_per_s": 1.0 / seconds}
   return {"seconds": seconds, "images_per_s": batch / seconds}
 
 
-def _peak_memory_bytes(device) -> float:
-  if device.platform == "cpu":
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # Whole process, both frameworks.
-  stats = device.memory_stats() or {}
-  return float(stats.get("peak_bytes_in_use", float("nan")))
 
 
 def main(argv):
@@ -162,7 +136,7 @@ def main(argv):
   device = jax.devices(_DEVICE.value)[0]
   repeats = _REPEATS.value
   results = {"device": device.device_kind, "platform": device.platform, "cpu_count": os.cpu_count()}
-  peak = matmul_peak_flops(device)
+  peak = timing.matmul_peak_flops(device)
   results["matmul_peak_flops"] = peak
   print(f"device: {device.device_kind} ({device.platform}); measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s")
 
@@ -204,7 +178,7 @@ def main(argv):
              if "torch" in row else "")
           + f"; {row['xla_flops'] / 1e9:.1f} GFLOP/step (XLA), {100 * row['fraction_of_peak']:.1f}% of matmul peak")
 
-  results["peak_memory_bytes"] = _peak_memory_bytes(device)
+  results["peak_memory_bytes"] = timing.peak_memory_bytes(device)
   print(f"peak memory: {results['peak_memory_bytes'] / 2**20:.0f} MiB")
   if _OUT_JSON.value:
     pathlib.Path(_OUT_JSON.value).write_text(json.dumps(results, indent=2))
