@@ -8,7 +8,7 @@ Config fields read here (every task config has them; the rest of the config belo
   log_every, eval_every, checkpoint_every: intervals in steps (eval_every <= 0 disables evaluation).
   keep_checkpoints: how many of the newest checkpoints to keep.
 
-Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'config' the layout launch/checkpoints.py restores),
+Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'config', read by launch/checkpoints.py),
 metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
 samples/ (held-out inputs, for tasks that write them).
 
