@@ -3,8 +3,7 @@
   python benchmarks/cfi_speed.py --device=cpu [--out_json=cfi_speed.json] [--repeats=5]
 
 Prints fused images per second (480x640 and 256x256), five-view training steps per second (batch 4 and 16 at 256²
-by default),
-the ratios JAX / PyTorch, FLOPs per image (XLA's cost analysis and a layer count), the achieved FLOP rate as a
+by default; JAX with the views vmapped and looped, see cfi_jax/train.py), the ratios JAX / PyTorch, FLOPs per image (XLA's cost analysis and a layer count), the achieved FLOP rate as a
 fraction of a matrix-multiply peak measured on the same machine, and peak memory. Never run with fake devices.
 """
 import json
@@ -33,8 +32,7 @@ _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "Time JAX only.")
 _TRAIN_BATCHES = flags.DEFINE_list("train_batches", ["4", "16"], "Batch sizes of the 256² training step.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 256, "Square crop size of the training step.")
 _INFER_SIZES = flags.DEFINE_list("infer_sizes", ["480x640", "256x256"], "HxW of the inference images.")
-
-
+_VIEW_BATCHING = flags.DEFINE_list("view_batching", ["vmap", "loop"], "JAX train-step view modes to time.")
 
 
 def analytic_forward_flops(height: int, width: int, dim: int = 32, pool: int = 8) -> float:
@@ -72,7 +70,7 @@ def time_jax_inference(device, height: int, width: int, variables, model, repeat
   return {"seconds": seconds, "images_per_s": 1.0 / seconds, "xla_flops": timing.xla_flops(compiled)}
 
 
-def time_jax_train_step(device, batch: int, size: int, repeats: int) -> dict:
+def time_jax_train_step(device, batch: int, size: int, repeats: int, view_batching: str) -> dict:
   model = model_lib.ISFuse()
   loss_config = losses.LossConfig()
   tx = train_lib.make_optimizer({"learning_rate": 1e-4})
@@ -80,7 +78,8 @@ def time_jax_train_step(device, batch: int, size: int, repeats: int) -> dict:
       train_lib.create_train_state(jax.random.key(0), model, tx, image_shape=(batch, size, size, 1)), device)
   rng = np.random.default_rng(0)
   data = {k: jax.device_put(rng.random((batch, size, size, 1), np.float32), device) for k in ("vis", "ir")}
-  step = jax.jit(lambda s, b, k: train_lib.train_step(s, b, k, model=model, loss_config=loss_config))
+  step = jax.jit(lambda s, b, k: train_lib.train_step(s, b, k, model=model, loss_config=loss_config,
+                                                      view_batching=view_batching))
   key = jax.device_put(jax.random.key(1), device)
   compiled = step.lower(state, data, key).compile()
 
@@ -159,24 +158,29 @@ def main(argv):
 
   for batch in (int(b) for b in _TRAIN_BATCHES.value):
     size = _TRAIN_SIZE.value
-    try:
-      row = time_jax_train_step(device, batch, size, repeats)
-    except jax.errors.JaxRuntimeError as e:
-      if "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      # The five-view step keeps every view's activations for the backward pass (~40 GB at batch 16 x 256²).
-      results[f"train_step_b{batch}_{size}"] = {"error": "out of memory"}
-      print(f"five-view train step, batch {batch} x {size}²: JAX out of memory on {device.device_kind}")
-      continue
-    row["fraction_of_peak"] = row["xla_flops"] * row["steps_per_s"] / peak
+    label = f"train_step_b{batch}_{size}"
+    results[label] = {}
+    torch_row = None
     if not _SKIP_TORCH.value:
-      row["torch"] = time_torch(size, size, batch, True, device.platform == "gpu", repeats)
-      row["speedup_vs_torch"] = row["steps_per_s"] / row["torch"]["steps_per_s"]
-    results[f"train_step_b{batch}_{size}"] = row
-    print(f"five-view train step, batch {batch} x {size}²: JAX {row['seconds'] * 1e3:.0f} ms"
-          + (f", PyTorch five passes {row['torch']['seconds'] * 1e3:.0f} ms, ratio {row['speedup_vs_torch']:.2f}x"
-             if "torch" in row else "")
-          + f"; {row['xla_flops'] / 1e9:.1f} GFLOP/step (XLA), {100 * row['fraction_of_peak']:.1f}% of matmul peak")
+      torch_row = results[label]["torch"] = time_torch(size, size, batch, True, device.platform == "gpu", repeats)
+      print(f"five-view train step, batch {batch} x {size}²: PyTorch five passes {torch_row['seconds'] * 1e3:.0f} ms")
+    for mode in _VIEW_BATCHING.value:
+      try:
+        row = time_jax_train_step(device, batch, size, repeats, mode)
+      except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+          raise
+        # The five-view step keeps every view's activations for the backward pass (~40 GB at batch 16 x 256²).
+        results[label][mode] = {"error": "out of memory"}
+        print(f"five-view train step, batch {batch} x {size}², views {mode}: JAX out of memory")
+        continue
+      row["fraction_of_peak"] = row["xla_flops"] * row["steps_per_s"] / peak
+      if torch_row:
+        row["speedup_vs_torch"] = row["steps_per_s"] / torch_row["steps_per_s"]
+      results[label][mode] = row
+      print(f"five-view train step, batch {batch} x {size}², views {mode}: JAX {row['seconds'] * 1e3:.0f} ms"
+            + (f", ratio vs PyTorch {row['speedup_vs_torch']:.2f}x" if torch_row else "")
+            + f"; {row['xla_flops'] / 1e9:.1f} GFLOP/step (XLA), {100 * row['fraction_of_peak']:.1f}% of matmul peak")
 
   results["peak_memory_bytes"] = timing.peak_memory_bytes(device)
   print(f"peak memory: {results['peak_memory_bytes'] / 2**20:.0f} MiB")

@@ -12,8 +12,8 @@ Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'c
 metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
 samples/ (held-out inputs, for tasks that write them).
 
-Resuming is automatic from the newest complete checkpoint. Only the loop-bookkeeping fields in RESUMABLE_FIELDS may
-differ from the checkpoint's config; any other difference (model, loss, data, batch size, seed, ...) is refused, as
+Resuming is automatic from the newest complete checkpoint. Only the fields in RESUMABLE_FIELDS (loop bookkeeping,
+and view_batching, which changes how a step runs but not what it computes) may differ from the checkpoint's config; any other difference (model, loss, data, batch size, seed, ...) is refused, as
 is a different process count (the data iterator's state is saved per process). The device count may change.
 """
 import json
@@ -40,7 +40,8 @@ from launch import tasks
 # These only say how long to train and how often to log, evaluate and checkpoint, so a checkpoint written with other
 # values resumes (e.g. to train longer). A task whose schedule depends on num_steps (DFC-Net's learning-rate decay)
 # continues on the schedule of the new length.
-RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"})
+RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                              "view_batching"})
 DATA_AXIS = "data"
 
 

@@ -46,6 +46,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # shows the first grid_pairs of them.
   config.eval = ml_collections.ConfigDict(dict(grid_pairs=4, crop_size=256, dialect="tang2023"))
   config.keep_checkpoints = 3
+  # How the five views run inside the jitted step: 'vmap', 'loop' or 'auto' (loop on CPU, vmap on accelerators);
+  # the same computation either way (cfi_jax/train.py).
+  config.view_batching = "auto"
 
   if variant == "smoke":
     config.model.features = 8

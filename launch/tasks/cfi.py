@@ -60,7 +60,8 @@ class CFITask:
     return cfi_train.create_train_state(key, self.model, tx, image_shape=(1, *example_batch["vis"].shape[1:]))
 
   def train_step(self, state, batch, key):
-    return cfi_train.train_step(state, batch, key, model=self.model, loss_config=self.loss_config)
+    return cfi_train.train_step(state, batch, key, model=self.model, loss_config=self.loss_config,
+                                view_batching=self.config.view_batching)
 
   def eval_pairs(self) -> list[dict[str, Any]]:
     """The held-out pairs used for evaluation, centre-cropped to a common size (loaded once)."""
