@@ -148,22 +148,37 @@ def _images_by_key(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   return by_key
 
 
-def find_pairs(ir_dir: PathLike, vis_dir: PathLike) -> list[ImagePair]:
+def match_pairs(ir_dir: PathLike, vis_dir: PathLike) -> tuple[list[ImagePair], list[str]]:
   """Pairs the image files of two folders by file stem (or IR<n> with VIS<n>), in natural order.
+
+  Returns:
+    (pairs, unpaired): `unpaired` has one '<file>: no <modality> partner in <folder>' line per file left over.
+
+  Raises:
+    ValueError: a folder is missing or neither folder has images.
+  """
+  ir = _images_by_key(pathlib.Path(ir_dir))
+  vis = _images_by_key(pathlib.Path(vis_dir))
+  if not ir and not vis:
+    raise ValueError(f'no images ({", ".join(sorted(IMAGE_EXTENSIONS))}) in {ir_dir} and {vis_dir}')
+  unpaired = [f'{ir[k]}: no visible partner in {vis_dir}' for k in sorted(ir.keys() - vis.keys(), key=_natural_key)]
+  unpaired += [f'{vis[k]}: no infrared partner in {ir_dir}'
+               for k in sorted(vis.keys() - ir.keys(), key=_natural_key)]
+  pairs = [ImagePair(k, ir[k], vis[k]) for k in sorted(ir.keys() & vis.keys(), key=_natural_key)]
+  return pairs, unpaired
+
+
+def find_pairs(ir_dir: PathLike, vis_dir: PathLike) -> list[ImagePair]:
+  """`match_pairs`, but every file must have a partner.
 
   Raises:
     ValueError: a folder is missing, has no images, or a file has no partner (all unpaired files are listed).
   """
-  ir = _images_by_key(pathlib.Path(ir_dir))
-  vis = _images_by_key(pathlib.Path(vis_dir))
-  unpaired = [str(ir[k]) for k in sorted(ir.keys() - vis.keys(), key=_natural_key)]
-  unpaired += [str(vis[k]) for k in sorted(vis.keys() - ir.keys(), key=_natural_key)]
+  pairs, unpaired = match_pairs(ir_dir, vis_dir)
   if unpaired:
     raise ValueError(f'{len(unpaired)} image(s) without a partner in {ir_dir} / {vis_dir}:\n  ' +
                      '\n  '.join(unpaired))
-  if not ir:
-    raise ValueError(f'no images ({", ".join(sorted(IMAGE_EXTENSIONS))}) in {ir_dir} and {vis_dir}')
-  return [ImagePair(k, ir[k], vis[k]) for k in sorted(ir, key=_natural_key)]
+  return pairs
 
 
 def quantize(y: np.ndarray) -> np.ndarray:

@@ -49,20 +49,6 @@ def split_folder(data_dir: PathLike, split: str) -> pathlib.Path:
                                            if split == 'train' else ''))
 
 
-def _files_by_pair_name(directory: pathlib.Path) -> dict[str, pathlib.Path]:
-  # Pairing a folder with itself yields every file under its pair name (by images' naming rules), in natural order.
-  return {pair.name: pair.ir_path for pair in images.find_pairs(directory, directory)}
-
-
-def _pair_unpaired_ok(ir_dir: pathlib.Path, vis_dir: pathlib.Path) -> tuple[list[images.ImagePair], list[str]]:
-  """Pairs, and one 'file: no partner' line per file without a partner (instead of an error)."""
-  ir = _files_by_pair_name(ir_dir)
-  vis = _files_by_pair_name(vis_dir)
-  unpaired = [f'{path}: no visible partner in {vis_dir}' for k, path in ir.items() if k not in vis]
-  unpaired += [f'{path}: no infrared partner in {ir_dir}' for k, path in vis.items() if k not in ir]
-  return [images.ImagePair(k, path, vis[k]) for k, path in ir.items() if k in vis], unpaired
-
-
 def check_pair(pair: images.ImagePair) -> str | None:
   """Reads both images of a pair; returns the problem ('<files>: <what>') or None when the pair is usable."""
   try:
@@ -91,7 +77,7 @@ def scan_folders(ir_dir: PathLike, vis_dir: PathLike, *, skip_bad: bool = False,
   """
   ir_dir, vis_dir = pathlib.Path(ir_dir), pathlib.Path(vis_dir)
   if skip_bad:
-    pairs, skipped = _pair_unpaired_ok(ir_dir, vis_dir)
+    pairs, skipped = images.match_pairs(ir_dir, vis_dir)
   else:
     pairs, skipped = images.find_pairs(ir_dir, vis_dir), []
   good, problems = [], []

@@ -110,3 +110,19 @@ def test_quantize_and_save(tmp_path):
   colour = images.read_image(tmp_path / 'out' / 'colour.png')
   assert colour.shape == y.shape + (3,)
   np.testing.assert_array_equal(colour, np.repeat(images.quantize(y)[..., None], 3, axis=-1))
+
+
+def test_match_pairs_returns_unpaired_files_instead_of_raising(tmp_path):
+  img = np.zeros((2, 2), np.uint8)
+  for name in ('1.png', 'only_ir.png'):
+    _write(tmp_path / 'ir' / name, img)
+  for name in ('1.png', 'only_vis.jpg'):
+    _write(tmp_path / 'vi' / name, img)
+  pairs, unpaired = images.match_pairs(tmp_path / 'ir', tmp_path / 'vi')
+  assert [p.name for p in pairs] == ['1']
+  assert len(unpaired) == 2
+  assert 'only_ir.png: no visible partner' in unpaired[0] and 'only_vis.jpg: no infrared partner' in unpaired[1]
+  (tmp_path / 'empty_a').mkdir()
+  (tmp_path / 'empty_b').mkdir()
+  with pytest.raises(ValueError, match='no images'):
+    images.match_pairs(tmp_path / 'empty_a', tmp_path / 'empty_b')
