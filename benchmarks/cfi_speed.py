@@ -3,8 +3,9 @@
   python benchmarks/cfi_speed.py --device=cpu [--out_json=cfi_speed.json] [--repeats=5]
 
 Prints fused images per second (480x640 and 256x256), five-view training steps per second (batch 4 and 16 at 256²
-by default; JAX with the views vmapped and looped, see cfi_jax/train.py), the ratios JAX / PyTorch, FLOPs per image (XLA's cost analysis and a layer count), the achieved FLOP rate as a
-fraction of a matrix-multiply peak measured on the same machine, and peak memory. Never run with fake devices.
+by default; JAX with the views vmapped and looped, see cfi_jax/train.py), the ratios JAX / PyTorch, FLOPs per image
+(XLA's cost analysis and a layer count), the achieved FLOP rate as a fraction of a matrix-multiply peak measured on
+the same machine, and peak memory. Never run with fake devices.
 """
 import json
 import os
@@ -53,10 +54,6 @@ def analytic_forward_flops(height: int, width: int, dim: int = 32, pool: int = 8
       flops += 2 * conv(h, w, 3, dim, dim)  # adjust4 / adjust5
   flops += conv(height, width, 3, dim, 1)
   return flops
-
-
-
-
 
 
 def time_jax_inference(device, height: int, width: int, variables, model, repeats: int) -> dict:
@@ -126,8 +123,6 @@ def time_torch(height: int, width: int, batch: int, train: bool, use_gpu: bool, 
   if train:
     return {"seconds": seconds, "steps_per_s": 1.0 / seconds}
   return {"seconds": seconds, "images_per_s": batch / seconds}
-
-
 
 
 def main(argv):

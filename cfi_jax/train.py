@@ -175,8 +175,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse
   """One Adam step on L = L_f + alpha L_inv + beta L_nec over the clean batch and its interventions.
 
   Pure and jit-able (model, loss_config and view_batching are static); with `batch` sharded over a 'data' mesh
-  axis, XLA computes the BatchNorm statistics and the loss as global means. Metrics: every loss term ('loss' is the total), the mean
-  gate per scale of the clean pass ('gate_mean_3/4/5') and the global gradient norm ('grad_norm').
+  axis, XLA computes the BatchNorm statistics and the loss as global means. Metrics: every loss term ('loss' is the
+  total), the mean gate per scale of the clean pass ('gate_mean_3/4/5') and the global gradient norm ('grad_norm').
   """
   vis, ir = batch['vis'], batch['ir']
   vis_views, ir_views = interventions.build_views(

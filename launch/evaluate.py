@@ -30,11 +30,9 @@ from cfi_jax import metrics_report
 from cfi_jax import visualize
 from input_pipeline import images
 from launch import checkpoints
-# launch.fuse defines the shared flags --checkpoint, --step, --ir_dir, --vis_dir, --resize_to and --skip_bad; both
-# binaries read the same definitions (absl allows each name once per process).
-from launch import fuse
+from launch import fusion_files
+from launch import fusion_flags
 
-FLAGS = flags.FLAGS
 _FUSED_DIR = flags.DEFINE_string('fused_dir', None, 'Folder of fused images to score (instead of --checkpoint).')
 _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for the CSV/Markdown/JSON reports and the grid.')
 _DIALECT = flags.DEFINE_list('dialect', [metrics.DEFAULT_DIALECT],
@@ -60,11 +58,10 @@ def load_sources(ir_path: pathlib.Path, vis_path: pathlib.Path,
   try:
     ir, vis = _to_u8(images.read_image(ir_path)), _to_u8(images.read_image(vis_path))
   except images.ImageReadError as e:
-    raise fuse.PairError(str(e)) from e
+    raise fusion_files.PairError(str(e)) from e
   if ir.shape[:2] != vis.shape[:2]:
     if resize_to is None:
-      raise fuse.PairError(f'size mismatch: IR {ir_path} is {ir.shape[1]}x{ir.shape[0]} but VIS {vis_path} is '
-                           f'{vis.shape[1]}x{vis.shape[0]} (WxH); pass --resize_to=ir or --resize_to=vis')
+      raise fusion_files.size_mismatch(ir_path, ir.shape, vis_path, vis.shape)
     if resize_to == 'ir':
       vis = _resize_u8(vis, ir.shape[:2])
     else:
@@ -89,15 +86,15 @@ def index_fused(fused_dir: pathlib.Path) -> dict[str, pathlib.Path]:
 def load_fused(fused_index: dict[str, pathlib.Path], fused_dir: pathlib.Path, name: str,
                size: tuple[int, int]) -> np.ndarray:
   if name not in fused_index:
-    raise fuse.PairError(f'{fused_dir}: no fused image for pair {name!r} (expected {name}.png or another '
+    raise fusion_files.PairError(f'{fused_dir}: no fused image for pair {name!r} (expected {name}.png or another '
                          'image extension)')
   path = fused_index[name]
   try:
     fused = _to_u8(images.read_image(path))
   except images.ImageReadError as e:
-    raise fuse.PairError(str(e)) from e
+    raise fusion_files.PairError(str(e)) from e
   if fused.shape[:2] != size:
-    raise fuse.PairError(f'{path} is {fused.shape[1]}x{fused.shape[0]} but its sources are {size[1]}x{size[0]} '
+    raise fusion_files.PairError(f'{path} is {fused.shape[1]}x{fused.shape[0]} but its sources are {size[1]}x{size[0]} '
                          '(WxH)')
   return fused
 
@@ -151,12 +148,12 @@ def write_reports(output_dir: pathlib.Path, rows: dict[str, list[dict[str, objec
 
 def fuse_with_checkpoint(checkpoint: str, step: int | None, ir_dir: str, vis_dir: str, out_dir: pathlib.Path,
                          resize_to: str | None, skip_bad: bool) -> list[tuple[str, str]]:
-  """Fuses every pair into out_dir with launch.fuse's folder mode; returns the skipped (name, reason)."""
+  """Fuses every pair into out_dir with fusion_files.fuse_folder; returns the skipped (name, reason)."""
   variables, config = checkpoints.restore_model_variables(checkpoint, step)
   if config['model'] != 'isfuse':
     raise SystemExit(f'{checkpoint} holds a {config["model"]!r} model; launch.evaluate needs an isfuse checkpoint')
   model = inference.model_from_config(config['model_config'])
-  return fuse.fuse_folder(model, variables, ir_dir, vis_dir, str(out_dir), resize_to, skip_bad)
+  return fusion_files.fuse_folder(model, variables, ir_dir, vis_dir, str(out_dir), resize_to, skip_bad)
 
 
 def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pathlib.Path, dialects: Sequence[str],
@@ -172,7 +169,7 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
     try:
       ir, vis = load_sources(pair.ir_path, pair.vis_path, resize_to)
       fused = load_fused(fused_index, fused_dir, pair.name, ir.shape[:2])
-    except fuse.PairError as e:
+    except fusion_files.PairError as e:
       if not skip_bad:
         raise
       logging.warning('Skipping pair %s: %s', pair.name, e)
@@ -196,9 +193,9 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if bool(FLAGS.checkpoint) == bool(_FUSED_DIR.value):
+  if bool(fusion_flags.CHECKPOINT.value) == bool(_FUSED_DIR.value):
     raise app.UsageError('give exactly one of --checkpoint and --fused_dir')
-  missing = [f'--{n}' for n in ('ir_dir', 'vis_dir', 'output_dir') if not FLAGS[n].value]
+  missing = [f'--{f.name}' for f in (fusion_flags.IR_DIR, fusion_flags.VIS_DIR, _OUTPUT_DIR) if not f.value]
   if missing:
     raise app.UsageError(f'missing {", ".join(missing)}')
   dialects = list(dict.fromkeys(_DIALECT.value))
@@ -206,22 +203,23 @@ def main(argv: Sequence[str]) -> None:
     if dialect not in metrics.DIALECTS:
       raise app.UsageError(f'unknown --dialect {dialect!r}; choose from {", ".join(metrics.DIALECTS)}')
   output_dir = pathlib.Path(_OUTPUT_DIR.value)
-  source = pathlib.Path(FLAGS.checkpoint or _FUSED_DIR.value)
+  source = pathlib.Path(fusion_flags.CHECKPOINT.value or _FUSED_DIR.value)
   method = _METHOD.value or source.absolute().name
   if method in BASELINES and _BASELINES.value:
     raise app.UsageError(f'--method {method!r} clashes with a baseline row name; pass another --method')
 
+  ir_dir, vis_dir = fusion_flags.IR_DIR.value, fusion_flags.VIS_DIR.value
+  resize_to, skip_bad = fusion_flags.RESIZE_TO.value, fusion_flags.SKIP_BAD.value
   try:
     skipped: list[tuple[str, str]] = []
-    if FLAGS.checkpoint:
+    if fusion_flags.CHECKPOINT.value:
       fused_dir = output_dir / 'fused'
-      skipped = fuse_with_checkpoint(FLAGS.checkpoint, FLAGS.step, FLAGS.ir_dir, FLAGS.vis_dir, fused_dir,
-                                     FLAGS.resize_to, FLAGS.skip_bad)
+      skipped = fuse_with_checkpoint(fusion_flags.CHECKPOINT.value, fusion_flags.STEP.value, ir_dir, vis_dir,
+                                     fused_dir, resize_to, skip_bad)
     else:
       fused_dir = pathlib.Path(_FUSED_DIR.value)
-    evaluate(FLAGS.ir_dir, FLAGS.vis_dir, fused_dir, output_dir, dialects, method=method,
-             baselines=_BASELINES.value, num_grid=_NUM_GRID.value, resize_to=FLAGS.resize_to,
-             skip_bad=FLAGS.skip_bad, skipped=skipped)
+    evaluate(ir_dir, vis_dir, fused_dir, output_dir, dialects, method=method, baselines=_BASELINES.value,
+             num_grid=_NUM_GRID.value, resize_to=resize_to, skip_bad=skip_bad, skipped=skipped)
   except (ValueError, OSError) as e:  # Bad pairs, folders or output paths: the message names the file.
     raise SystemExit(f'error: {e}') from e
   if skipped:

@@ -1,4 +1,5 @@
-"""The CFI train step (vmapped or looped views): equal to the release's sequential passes, PyTorch running statistics, training."""
+"""The CFI train step (views vmapped or looped): equal to the release's sequential passes, PyTorch running
+statistics, training."""
 import functools
 import importlib.util
 
