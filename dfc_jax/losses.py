@@ -26,6 +26,10 @@ class LossConfig:
   vgg_layers: int = 5            # how many of VGG16's relu1_2 .. relu5_3 the perceptual loss uses
   adversarial: float = 1.0
   feature_matching: float = 10.0
+  # The generator's adversarial and feature-matching weights are 0 for the first adversarial_warmup_steps, then grow
+  # linearly to their full values over adversarial_ramp_steps (see adversarial_scale).
+  adversarial_warmup_steps: int = 0
+  adversarial_ramp_steps: int = 0
   pose_consistency: float = 1.0
   static_consistency: float = 1.0
   self_reconstruction: float = 10.0
@@ -39,6 +43,22 @@ class LossConfig:
       raise ValueError(f'gan_type must be one of {GAN_TYPES}, got {self.gan_type!r}')
     if not 1 <= self.vgg_layers <= 5:
       raise ValueError(f'vgg_layers must be in 1..5, got {self.vgg_layers}')
+    if self.adversarial_warmup_steps < 0 or self.adversarial_ramp_steps < 0:
+      raise ValueError(f'adversarial_warmup_steps and adversarial_ramp_steps must be >= 0, got '
+                       f'{self.adversarial_warmup_steps} and {self.adversarial_ramp_steps}')
+
+
+def adversarial_scale(step: jax.Array, warmup_steps: int, ramp_steps: int) -> jax.Array:
+  """Factor on the generator's adversarial and feature-matching weights at `step` (the step being taken, from 0):
+  0 before warmup_steps, then (step - warmup_steps) / ramp_steps up to 1; a step function when ramp_steps is 0.
+
+  Before the generator can place the target's appearance in the source's pose, the discriminator separates real
+  from fake at once and its gradients swamp the reconstruction losses.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  if ramp_steps == 0:
+    return (step >= warmup_steps).astype(jnp.float32)
+  return jnp.clip((step - warmup_steps) / ramp_steps, 0.0, 1.0)
 
 
 def lpips_weights_path(net: str) -> pathlib.Path:

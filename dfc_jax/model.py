@@ -11,6 +11,9 @@ import jax.numpy as jnp
 
 AMPLIFIERS = ('sharpen', 'gain', 'both', 'off')
 INJECTIONS = ('concat', 'spade')
+NORMS = ('instance', 'none')
+# Variance-preserving initialisation for convs followed by leaky_relu(x, 0.2) (He et al. 2015).
+_HE_LEAKY_RELU = nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), 'fan_in', 'truncated_normal')
 
 
 def pixel_centres(n: int) -> jax.Array:
@@ -39,17 +42,27 @@ def render_gaussians(keypoints: jax.Array, shape: tuple[int, int], sigma: float)
 
 
 class ConvNormAct(nn.Module):
-  """Conv -> instance norm -> leaky ReLU (instance norm keeps samples independent under any sharding; it also
-  removes any per-channel constant, so the conv has no bias)."""
+  """Conv -> instance norm (unless normalize is False) -> leaky ReLU.
+
+  Instance norm keeps samples independent under any sharding; it also removes any per-channel constant, so the conv
+  feeding it has no bias. That removal also erases an image's absolute colours, which is why the static encoder and
+  the generator can run without it (DFCNet.norm). Without it, the conv gets He initialisation for the leaky ReLU:
+  with the default (LeCun) one every layer shrinks the signal by ~0.7, so through the encoder and generator's ~16
+  layers the output hardly depends on the input at first and training starts very slowly.
+  """
   features: int
   kernel: int = 3
   stride: int = 1
+  normalize: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, use_bias=False, dtype=self.dtype)(x)
-    x = nn.InstanceNorm(dtype=self.dtype)(x)
+    init = nn.initializers.lecun_normal() if self.normalize else _HE_LEAKY_RELU
+    x = nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride, use_bias=not self.normalize,
+                kernel_init=init, dtype=self.dtype)(x)
+    if self.normalize:
+      x = nn.InstanceNorm(dtype=self.dtype)(x)
     return nn.leaky_relu(x, 0.2)
 
 
@@ -71,28 +84,34 @@ class PoseEncoder(nn.Module):
 class StaticEncoder(nn.Module):
   """Conv stack returning features at scales 1, 1/2, 1/4, 1/8 (one per width)."""
   widths: Sequence[int] = (32, 64, 128, 256)
+  normalize: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x) -> tuple[jax.Array, ...]:
-    x = ConvNormAct(self.widths[0], dtype=self.dtype)(x)
-    x = ConvNormAct(self.widths[0], dtype=self.dtype)(x)
+    block = lambda width, stride=1: ConvNormAct(width, stride=stride, normalize=self.normalize,  # noqa: E731
+                                                dtype=self.dtype)
+    x = block(self.widths[0])(x)
+    x = block(self.widths[0])(x)
     features = [x]
     for width in self.widths[1:]:
-      x = ConvNormAct(width, stride=2, dtype=self.dtype)(x)
-      x = ConvNormAct(width, dtype=self.dtype)(x)
+      x = block(width, 2)(x)
+      x = block(width)(x)
       features.append(x)
     return tuple(features)
 
 
 class Spade(nn.Module):
-  """SPADE-style modulation: instance-normalised x scaled and shifted by convolutions of the pose maps."""
+  """SPADE-style modulation: x (instance-normalised when normalize) scaled and shifted by convolutions of the pose
+  maps."""
   features: int
+  normalize: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, pose_maps):
-    x = nn.InstanceNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x)
+    if self.normalize:
+      x = nn.InstanceNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x)
     hidden = nn.relu(nn.Conv(self.features, (3, 3), dtype=self.dtype)(pose_maps))
     gamma = nn.Conv(self.features, (3, 3), dtype=self.dtype)(hidden)
     beta = nn.Conv(self.features, (3, 3), dtype=self.dtype)(hidden)
@@ -100,29 +119,37 @@ class Spade(nn.Module):
 
 
 class Generator(nn.Module):
-  """Decoder from the deepest static features to full resolution; every scale takes its static skip features and
-  the pose maps at that scale (concatenated, or as SPADE modulation). tanh RGB output."""
+  """Decoder from the deepest static features to full resolution. Every scale takes the pose maps at that scale
+  (concatenated, or as SPADE modulation); the coarsest static_levels scales (all by default) also take the static
+  skip features. tanh RGB output."""
   widths: Sequence[int] = (32, 64, 128, 256)
   injection: str = 'concat'
+  normalize: bool = True
+  static_levels: int | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, static: Sequence[jax.Array], pose_maps: Sequence[jax.Array]):
     levels = len(self.widths)
+    static_levels = levels if self.static_levels is None else self.static_levels
+    block = lambda width: ConvNormAct(width, normalize=self.normalize, dtype=self.dtype)  # noqa: E731
+    spade = lambda width: Spade(width, normalize=self.normalize, dtype=self.dtype)  # noqa: E731
     x = static[-1]
     for level in reversed(range(levels)):
       width = self.widths[level]
       if level < levels - 1:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
-        x = ConvNormAct(width, dtype=self.dtype)(jnp.concatenate([x, static[level]], axis=-1))
+        if level >= levels - static_levels:
+          x = jnp.concatenate([x, static[level]], axis=-1)
+        x = block(width)(x)
       pose = pose_maps[level].astype(x.dtype)
       if self.injection == 'concat':
-        x = ConvNormAct(width, dtype=self.dtype)(jnp.concatenate([x, pose], axis=-1))
-        x = ConvNormAct(width, dtype=self.dtype)(x)
+        x = block(width)(jnp.concatenate([x, pose], axis=-1))
+        x = block(width)(x)
       else:
-        x = nn.leaky_relu(Spade(x.shape[-1], dtype=self.dtype)(x, pose), 0.2)
+        x = nn.leaky_relu(spade(x.shape[-1])(x, pose), 0.2)
         x = nn.Conv(width, (3, 3), dtype=self.dtype)(x)
-        x = nn.leaky_relu(Spade(width, dtype=self.dtype)(x, pose), 0.2)
+        x = nn.leaky_relu(spade(width)(x, pose), 0.2)
     return jnp.tanh(nn.Conv(3, (3, 3), dtype=self.dtype)(x).astype(jnp.float32))
 
 
@@ -142,6 +169,12 @@ class DFCNet(nn.Module):
       learnable per-keypoint gain initialised to gain_init), 'both', or 'off' (ablation).
     sigma: Gaussian width of the rendered keypoints, in [-1, 1] units.
     injection: 'concat' or 'spade' (how the generator takes the pose maps).
+    norm: 'instance' or 'none': normalisation in the static encoder and the generator. Instance norm removes every
+      feature map's mean, hence the absolute colours of the target (its background, its clothes), which the output
+      must reproduce; the pose encoder, which should ignore colours, always uses it.
+    static_levels: how many of the generator's coarsest scales take static skip features (None: all). Fine-scale
+      static features carry the target's own silhouette, which the generator can copy instead of following the
+      pose maps.
   """
   num_keypoints: int = 16
   pose_widths: Sequence[int] = (32, 64, 128, 256)
@@ -151,6 +184,8 @@ class DFCNet(nn.Module):
   gain_init: float = 10.0
   sigma: float = 0.1
   injection: str = 'concat'
+  norm: str = 'instance'
+  static_levels: int | None = None
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -158,9 +193,15 @@ class DFCNet(nn.Module):
       raise ValueError(f'amplifier must be one of {AMPLIFIERS}, got {self.amplifier!r}')
     if self.injection not in INJECTIONS:
       raise ValueError(f'injection must be one of {INJECTIONS}, got {self.injection!r}')
+    if self.norm not in NORMS:
+      raise ValueError(f'norm must be one of {NORMS}, got {self.norm!r}')
+    if self.static_levels is not None and not 1 <= self.static_levels <= len(self.widths):
+      raise ValueError(f'static_levels must be in 1..{len(self.widths)} (the number of widths) or None, '
+                       f'got {self.static_levels}')
+    normalize = self.norm == 'instance'
     self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, dtype=self.dtype)
-    self.static_encoder = StaticEncoder(self.widths, dtype=self.dtype)
-    self.generator = Generator(self.widths, self.injection, dtype=self.dtype)
+    self.static_encoder = StaticEncoder(self.widths, normalize, dtype=self.dtype)
+    self.generator = Generator(self.widths, self.injection, normalize, self.static_levels, dtype=self.dtype)
     if self.amplifier in ('gain', 'both'):
       self.gain = self.param('gain', nn.initializers.constant(self.gain_init), (self.num_keypoints,))
 

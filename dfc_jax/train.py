@@ -75,9 +75,9 @@ def _weighted(per_sample: jax.Array, num_paired: int, support_weight: float) -> 
   return paired + support_weight * jnp.mean(per_sample[num_paired:])
 
 
-def _generator_loss(g_params, d_params, batch, *, generator, discriminator, config: losses.LossConfig,
+def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator, config: losses.LossConfig,
                     vgg_params):
-  """Total generator loss, its parts, and the fakes (with their conditions) for the discriminator step."""
+  """Total generator loss at `step`, its parts, and the fakes (with their conditions) for the discriminator step."""
   source, target, truth = (to_model_range(batch[k]) for k in ('source', 'target', 'truth'))
   num_paired = source.shape[0]
   if config.use_support and 'support_source' in batch:
@@ -100,7 +100,9 @@ def _generator_loss(g_params, d_params, batch, *, generator, discriminator, conf
       'feature_matching': jnp.mean(losses.feature_matching([[f[:num_paired] for f in o] for o in d_fake], d_real)),
       'self_reconstruction': _weighted(losses.l1(reconstruction, target), num_paired, config.support),
   }
-  weights = {'l1': config.l1, 'adversarial': config.adversarial, 'feature_matching': config.feature_matching,
+  gan_scale = losses.adversarial_scale(step, config.adversarial_warmup_steps, config.adversarial_ramp_steps)
+  weights = {'l1': config.l1, 'adversarial': gan_scale * config.adversarial,
+             'feature_matching': gan_scale * config.feature_matching,
              'self_reconstruction': config.self_reconstruction}
   if config.perceptual > 0:
     parts['perceptual'] = jnp.mean(losses.perceptual(vgg_params, output[:num_paired], truth, config.vgg_layers))
@@ -116,6 +118,9 @@ def _generator_loss(g_params, d_params, batch, *, generator, discriminator, conf
     weights['pose_consistency'] = config.pose_consistency
     weights['static_consistency'] = config.static_consistency
   total = sum(weights[k] * parts[k] for k in parts)
+  # Spread of the source keypoints over the batch: about 0 when the pose encoder has collapsed to fixed points.
+  parts['keypoint_spread'] = jnp.mean(jnp.std(keypoints[:n], axis=0))
+  parts['adversarial_scale'] = gan_scale
   return total, (parts, output, target)
 
 
@@ -133,10 +138,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
                vgg_params: dict[str, Any] | None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One generator update then one discriminator update on the generator's outputs before its update.
 
-  Metrics: 'loss' (generator total), 'd_loss', every weighted part's unweighted value, 'd_real', 'd_fake'.
+  Metrics: 'loss' (generator total), 'd_loss', every weighted part's unweighted value, 'd_real', 'd_fake', and
+  'keypoint_spread' (the source keypoints' standard deviation over the batch, in [-1, 1] units, averaged over
+  keypoints and axes) and 'adversarial_scale' (losses.adversarial_scale at this step).
   """
   g_params, d_params = state.params['generator'], state.params['discriminator']
-  g_loss_fn = lambda g: _generator_loss(g, d_params, batch, generator=generator,  # noqa: E731
+  g_loss_fn = lambda g: _generator_loss(g, d_params, batch, state.step, generator=generator,  # noqa: E731
                                         discriminator=discriminator, config=config, vgg_params=vgg_params)
   (g_loss, (parts, fake, fake_condition)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
   truth = to_model_range(batch['truth'])

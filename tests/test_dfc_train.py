@@ -21,6 +21,7 @@ from launch import evaluate_dfc
 from launch import trainer
 from launch import transfer
 from launch.configs import dfc as dfc_config
+from launch.tasks import dfc as dfc_task
 
 _GENERATOR = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4))
 _DISCRIMINATOR = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2)
@@ -75,11 +76,47 @@ def test_consistency_gradients_reach_the_generator_through_the_reencoding():
 
   # Only the consistency losses are on: the decoder gets gradients solely through E_p(output) and E_s(output).
   config = losses.LossConfig(pose_consistency=1.0, static_consistency=1.0, **weights)
-  loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, generator=_GENERATOR,  # noqa: E731
+  loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, 0, generator=_GENERATOR,  # noqa: E731
                                                 discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
   grads = jax.jit(jax.grad(loss_fn))(g_params)
   for part in ('generator', 'pose_encoder', 'static_encoder'):
     assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads[part]))) > 0, part
+
+
+def test_adversarial_warmup_silences_the_discriminator_then_ramps_linearly():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  other_d_params = jax.jit(_DISCRIMINATOR.init)(jax.random.key(1, impl='rbg'), image, image)['params']
+  batch = _batch(2)
+  config = losses.LossConfig(perceptual=0.0, adversarial_warmup_steps=4, adversarial_ramp_steps=4)
+  # D's parameters and the step are traced: one compilation serves every call.
+  loss_fn = lambda g, d, step: dfc_train._generator_loss(  # noqa: E731
+      g, d, batch, step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
+  grad = jax.jit(jax.grad(loss_fn))
+  flat = lambda d, step: np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(g_params, d, step))])  # noqa: E731
+  # Up to the end of the warm-up the generator gradient does not depend on D at all ...
+  without = flat(d_params, 0)
+  for step in (0, 4):
+    np.testing.assert_allclose(flat(other_d_params, step), without, rtol=1e-5, atol=1e-7)
+  # ... after the ramp it does, and midway through the ramp D's contribution is exactly half.
+  full = flat(d_params, 9)
+  assert np.abs(flat(other_d_params, 9) - full).max() > 1e-3
+  np.testing.assert_allclose(flat(d_params, 8), full, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(flat(d_params, 6), 0.5 * (without + full), rtol=1e-4, atol=1e-6)
+
+
+def test_discriminator_learning_rate_ratio():
+  config = dfc_config.get_config('smoke')
+  config.optimizer.d_learning_rate_ratio = 0.25
+  task = dfc_task.DFCTask(config)
+  size = config.data.image_size
+  state = task.init_state(_KEY, {'source': np.zeros((1, size, size, 3), np.float32)})
+  # Adam's first update is -rate x sign(gradient): the two optimizers' rates are read off a gradient of ones.
+  g_update, _ = state.g_tx.update(jnp.ones(()), state.g_tx.init(jnp.zeros(())))
+  d_update, _ = state.d_tx.update(jnp.ones(()), state.d_tx.init(jnp.zeros(())))
+  np.testing.assert_allclose(float(g_update), -config.optimizer.learning_rate, rtol=1e-4)
+  np.testing.assert_allclose(float(d_update), -0.25 * config.optimizer.learning_rate, rtol=1e-4)
 
 
 @pytest.fixture(scope='module')

@@ -73,9 +73,10 @@ class DFCTask:
 
   def init_state(self, key: jax.Array, example_batch) -> dfc_train.TrainState:
     opt = self.config.optimizer
-    make_tx = lambda: dfc_train.make_optimizer(opt.learning_rate, opt.b1, opt.b2, self.config.num_steps,  # noqa: E731
-                                               opt.decay_start)
-    return dfc_train.create_train_state(key, self.generator, self.discriminator, make_tx(), make_tx(),
+    make_tx = lambda rate: dfc_train.make_optimizer(rate, opt.b1, opt.b2, self.config.num_steps,  # noqa: E731
+                                                    opt.decay_start)
+    return dfc_train.create_train_state(key, self.generator, self.discriminator, make_tx(opt.learning_rate),
+                                        make_tx(opt.learning_rate * opt.d_learning_rate_ratio),
                                         image_shape=(1, *example_batch['source'].shape[1:]))
 
   def train_step(self, state, batch, key):
