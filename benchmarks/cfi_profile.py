@@ -4,9 +4,9 @@
   python benchmarks/cfi_profile.py --mode=train --batch=4 --height=256 --width=256 [--view_batching=loop]
 
 Runs the jitted function `repeats` times under `jax.profiler.trace` (Perfetto JSON, no extra packages), sums the
-duration of every executed HLO op, and prints the heaviest ops with the layer they come from (flax module path),
-their kind, and for convolutions the achieved GFLOP/s (2 x output elements x kernel taps x input channels). Also
-prints time per op kind. XLA:CPU may run independent ops concurrently, so per-op times can sum to more than the
+duration of every executed HLO op, and prints time per op kind and per top-level module (encoders, CFIs, decoder
+layers), then the heaviest ops with the layer they come from (flax module path), their kind, and for
+convolutions the achieved GFLOP/s (2 x output elements x kernel taps x input channels). XLA:CPU may run independent ops concurrently, so per-op times can sum to more than the
 wall time; the shares are of the summed op time. Never run with fake devices.
 """
 import collections
@@ -136,6 +136,14 @@ def main(argv):
   print("\ntime by op kind:")
   for kind, s in by_kind.most_common():
     print(f"  {kind:<24} {s * 1e3:9.1f} ms  {100 * s / total:5.1f}%")
+
+  by_module = collections.Counter()
+  for name, s in seconds.items():
+    layer = layer_of(ops.get(name, {}).get("source", ""))
+    by_module[next((part for part in layer.split("/") if part not in ("", "ISFuse")), "(unattributed)")] += s
+  print("\ntime by top-level module:")
+  for module, s in by_module.most_common():
+    print(f"  {module:<24} {s * 1e3:9.1f} ms  {100 * s / total:5.1f}%")
 
   print(f"\nheaviest {_TOP.value} ops:")
   print(f"  {'ms':>8} {'%':>5} {'GFLOP/s':>8}  {'op':<28} {'shape':<20} layer")
