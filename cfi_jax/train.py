@@ -4,7 +4,7 @@ The release runs five separate train-mode forward passes per step (clean, comple
 IR-dropped). Here the views are stacked on a leading axis and the whole step compiles to one program; each view is
 still normalised with its own batch statistics. `view_batching` picks how the views run inside that program:
 'vmap' vectorises `model.apply` over the view axis (bigger kernels, what accelerators want), 'loop' unrolls one call
-per view. On CPU 'loop' is ~1.4x faster (b4 x 128^2, measured by benchmarks/cfi_train_step.py): one view's
+per view. On CPU 'loop' is 1.6-1.8x faster (b4 x 256^2 and 128^2, benchmarks/cfi_train_step.py): one view's
 activations fit the last-level cache where five views' do not; a flat [5B] batch is as slow as 'vmap'. 'auto' picks
 'loop' on CPU and 'vmap' elsewhere. The two modes compute the same function.
 

@@ -86,16 +86,16 @@ def index_fused(fused_dir: pathlib.Path) -> dict[str, pathlib.Path]:
 def load_fused(fused_index: dict[str, pathlib.Path], fused_dir: pathlib.Path, name: str,
                size: tuple[int, int]) -> np.ndarray:
   if name not in fused_index:
-    raise fusion_files.PairError(f'{fused_dir}: no fused image for pair {name!r} (expected {name}.png or another '
-                         'image extension)')
+    raise fusion_files.PairError(f'{fused_dir}: no fused image for pair {name!r} (expected {name}.png or '
+                                 'another image extension)')
   path = fused_index[name]
   try:
     fused = _to_u8(images.read_image(path))
   except images.ImageReadError as e:
     raise fusion_files.PairError(str(e)) from e
   if fused.shape[:2] != size:
-    raise fusion_files.PairError(f'{path} is {fused.shape[1]}x{fused.shape[0]} but its sources are {size[1]}x{size[0]} '
-                         '(WxH)')
+    raise fusion_files.PairError(f'{path} is {fused.shape[1]}x{fused.shape[0]} but its sources are '
+                                 f'{size[1]}x{size[0]} (WxH)')
   return fused
 
 

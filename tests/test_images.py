@@ -89,12 +89,17 @@ def test_find_pairs_by_stem_and_numbered_names(tmp_path):
   assert [p.name for p in images.find_pairs(tmp_path / 'a', tmp_path / 'b')] == ['1', '12']
 
 
-def test_find_pairs_lists_unpaired_files(tmp_path):
+def _write_one_pair_and_two_strays(tmp_path):
+  """ir/ and vi/ with the pair '1' plus only_ir.png and only_vis.jpg, each without a partner."""
   img = np.zeros((2, 2), np.uint8)
   for name in ('1.png', 'only_ir.png'):
     _write(tmp_path / 'ir' / name, img)
   for name in ('1.png', 'only_vis.jpg'):
     _write(tmp_path / 'vi' / name, img)
+
+
+def test_find_pairs_lists_unpaired_files(tmp_path):
+  _write_one_pair_and_two_strays(tmp_path)
   with pytest.raises(ValueError, match=r'(?s)only_ir\.png.*only_vis\.jpg'):
     images.find_pairs(tmp_path / 'ir', tmp_path / 'vi')
 
@@ -113,11 +118,7 @@ def test_quantize_and_save(tmp_path):
 
 
 def test_match_pairs_returns_unpaired_files_instead_of_raising(tmp_path):
-  img = np.zeros((2, 2), np.uint8)
-  for name in ('1.png', 'only_ir.png'):
-    _write(tmp_path / 'ir' / name, img)
-  for name in ('1.png', 'only_vis.jpg'):
-    _write(tmp_path / 'vi' / name, img)
+  _write_one_pair_and_two_strays(tmp_path)
   pairs, unpaired = images.match_pairs(tmp_path / 'ir', tmp_path / 'vi')
   assert [p.name for p in pairs] == ['1']
   assert len(unpaired) == 2
