@@ -21,6 +21,9 @@ class Task(Protocol):
 
   Attributes:
     name: the model name written into the checkpoint config as 'model' ('isfuse' | 'dfc').
+
+  A task may also have `resumable_fields`: dotted config paths that change how a step runs but not what it computes
+  (CFI's view_batching), so a run may resume from a checkpoint written with other values (launch/trainer.py).
   """
 
   name: str

@@ -12,10 +12,10 @@ Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'c
 metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
 samples/ (held-out inputs, for tasks that write them).
 
-Resuming is automatic from the newest complete checkpoint. Only the fields in RESUMABLE_FIELDS (loop bookkeeping,
-and view_batching, which changes how a step runs but not what it computes) may differ from the checkpoint's
-config; any other difference (model, loss, data, batch size, seed, ...) is refused, as is a different process count
-(the data iterator's state is saved per process). The device count may change.
+Resuming is automatic from the newest complete checkpoint. Only the fields in RESUMABLE_FIELDS (loop bookkeeping)
+and the task's own `resumable_fields` (launch/task.py) may differ from the checkpoint's config; any other
+difference (model, loss, data, batch size, seed, ...) is refused, as is a different process count (the data
+iterator's state is saved per process). The device count may change.
 """
 import json
 import pathlib
@@ -41,8 +41,7 @@ from launch import tasks
 # These only say how long to train and how often to log, evaluate and checkpoint, so a checkpoint written with other
 # values resumes (e.g. to train longer). A task whose schedule depends on num_steps (DFC-Net's learning-rate decay)
 # continues on the schedule of the new length.
-RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                              "view_batching"})
+RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"})
 DATA_AXIS = "data"
 
 
@@ -89,8 +88,16 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """Human-readable differences between two checkpoint configs that forbid resuming; [] if compatible."""
+def resumable_fields(task: task_lib.Task) -> frozenset[str]:
+  """Config fields (dotted paths) that may differ between a checkpoint and the run resuming from it."""
+  return RESUMABLE_FIELDS | frozenset(getattr(task, "resumable_fields", ()))
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       resumable: frozenset[str] = RESUMABLE_FIELDS) -> list[str]:
+  """Human-readable differences between two checkpoint configs that forbid resuming; [] if compatible.
+
+  Fields in `resumable` (dotted paths into the experiment config) may differ."""
   if "experiment" not in saved:
     return ["the checkpoint has no training config (an inference-only checkpoint cannot be resumed)"]
   diffs = []
@@ -99,7 +106,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
       diffs.append(f"{field}: checkpoint {saved.get(field)!r}, now {current[field]!r}")
   old, new = _flatten(saved["experiment"]), _flatten(current["experiment"])
   for key in sorted(old.keys() | new.keys()):
-    if key in RESUMABLE_FIELDS or old.get(key, "<absent>") == new.get(key, "<absent>"):
+    if key in resumable or old.get(key, "<absent>") == new.get(key, "<absent>"):
       continue
     diffs.append(f"{key}: checkpoint {old.get(key, '<absent>')!r}, now {new.get(key, '<absent>')!r}")
   return diffs
@@ -184,12 +191,13 @@ def _restore_or_init(task, config, manager, iterator, mesh, init_key):
   if step is None:
     return init(init_key, example), 0
   saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  diffs = config_differences(saved, checkpoint_config(task, config))
+  resumable = resumable_fields(task)
+  diffs = config_differences(saved, checkpoint_config(task, config), resumable)
   if diffs:
     raise CheckpointMismatchError(
         f"Refusing to resume from {manager.directory / str(step)}: it was written with a different model or config.\n"
         + "\n".join(f"  {d}" for d in diffs)
-        + f"\nUse another --workdir, or restore the original settings (only {sorted(RESUMABLE_FIELDS)} may change).")
+        + f"\nUse another --workdir, or restore the original settings (only {sorted(resumable)} may change).")
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                           jax.eval_shape(init, init_key, example))
   restored = manager.restore(step, args=ocp.args.Composite(

@@ -96,6 +96,18 @@ def test_config_differences_lists_added_and_removed_fields():
   assert trainer.config_differences({"model": "m"}, current)[0].startswith("the checkpoint has no training config")
 
 
+def test_task_declares_its_own_resumable_fields():
+  current = {"model": "m", "process_count": 1, "experiment": {"view_batching": "loop", "a": {"b": 1}}}
+  saved = {"model": "m", "process_count": 1, "experiment": {"view_batching": "vmap", "a": {"b": 2}}}
+  assert trainer.config_differences(saved, current) == [
+      "a.b: checkpoint 2, now 1", "view_batching: checkpoint 'vmap', now 'loop'"]
+  cfi = type("CFILike", (linear_task.LinearTask,), {"resumable_fields": frozenset({"view_batching"})})
+  resumable = trainer.resumable_fields(cfi(None))
+  assert resumable == trainer.RESUMABLE_FIELDS | {"view_batching"}
+  assert trainer.config_differences(saved, current, resumable) == ["a.b: checkpoint 2, now 1"]
+  assert trainer.resumable_fields(linear_task.LinearTask(None)) == trainer.RESUMABLE_FIELDS
+
+
 def test_writes_logs_eval_images_and_tensorboard(tmp_path):
   _train(tmp_path, num_steps=4)
   _train(tmp_path, num_steps=2)  # No-op resume at the end: the logs stay as they are.

@@ -39,6 +39,8 @@ class CFITask:
   """
 
   name = "isfuse"
+  # Looped or vmapped views compute the same step (cfi_jax/train.py), so a run may switch between them.
+  resumable_fields = frozenset({"view_batching"})
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
