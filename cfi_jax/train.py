@@ -19,6 +19,11 @@ The dropout views feed a constant (zero) image to one encoder. Its BatchNorm lay
 and divide rounding-level differences by sqrt(eps) layer after layer, so those passes' outputs, gradients and
 statistics are ill-conditioned: they depend on float32 summation order, here as in PyTorch. This is the release's
 design, kept for fidelity; it is why the vmapped and sequential passes agree to ~1e-6 only on the other views.
+
+`running_stats` picks which passes update the running statistics: 'all_views' (the release) or 'clean_view'. The
+release's statistics mix the masked and zero-input views with the clean one, while evaluation only ever sees clean
+pairs; 'clean_view' gives eval mode the statistics of the data it will meet. Training itself (train-mode outputs,
+losses, gradients) is the same either way.
 """
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -36,6 +41,7 @@ from cfi_jax.model import FusionOutput, ISFuse
 
 Batch = Mapping[str, jax.Array]
 VIEW_BATCHING_MODES = ('auto', 'vmap', 'loop')
+RUNNING_STATS_MODES = ('all_views', 'clean_view')
 
 
 @flax.struct.dataclass
@@ -171,13 +177,17 @@ def merge_batch_stats(batch_stats: Any, view_updates: Any, layers: Mapping[tuple
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse, loss_config: losses.LossConfig,
-               view_batching: str = 'auto') -> tuple[TrainState, dict[str, jax.Array]]:
+               view_batching: str = 'auto', running_stats: str = 'all_views') -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam step on L = L_f + alpha L_inv + beta L_nec over the clean batch and its interventions.
 
-  Pure and jit-able (model, loss_config and view_batching are static); with `batch` sharded over a 'data' mesh
-  axis, XLA computes the BatchNorm statistics and the loss as global means. Metrics: every loss term ('loss' is the
-  total), the mean gate per scale of the clean pass ('gate_mean_3/4/5') and the global gradient norm ('grad_norm').
+  Pure and jit-able (model, loss_config, view_batching and running_stats are static); with `batch` sharded over a
+  'data' mesh axis, XLA computes the BatchNorm statistics and the loss as global means. `running_stats`: which
+  passes update the BatchNorm running statistics, 'all_views' (the release) or 'clean_view' (module docstring).
+  Metrics: every loss term ('loss' is the total), the mean gate per scale of the clean pass ('gate_mean_3/4/5') and
+  the global gradient norm ('grad_norm').
   """
+  if running_stats not in RUNNING_STATS_MODES:
+    raise ValueError(f'running_stats must be one of {RUNNING_STATS_MODES}, got {running_stats!r}')
   vis, ir = batch['vis'], batch['ir']
   vis_views, ir_views = interventions.build_views(
       key, vis, ir, complementary=loss_config.complementary, random=loss_config.random,
@@ -190,6 +200,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse
 
   (_, (terms, gates, bn_updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   layers = batchnorm_layers(model, state.params, state.batch_stats, vis.shape, ir.shape)
+  if running_stats == 'clean_view':
+    bn_updates = jax.tree.map(lambda u: u[:1], bn_updates)  # build_views puts the clean view first
   opt_updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, opt_updates),
                             batch_stats=merge_batch_stats(state.batch_stats, bn_updates, layers),

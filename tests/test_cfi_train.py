@@ -222,6 +222,37 @@ def test_vmap_and_loop_steps_compute_the_same_update():
   _assert_trees_close(looped.batch_stats, vmapped.batch_stats, rtol=1e-4, atol=1e-5)
 
 
+def test_clean_view_running_stats_come_from_the_clean_pass_only():
+  """Same step as the release's except the running statistics: one momentum update with the clean batch's own
+  statistics (flax's BatchNorm update on the clean pass, with PyTorch's unbiased variance)."""
+  batch = _pattern_batch()
+  state = train.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
+  state = state.replace(batch_stats=_random_running_stats(state.batch_stats, jax.random.key(5)))
+  steps = {mode: jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig(),
+                                           view_batching='loop', running_stats=mode))(state, batch, jax.random.key(4))
+           for mode in train.RUNNING_STATS_MODES}
+  (release, release_metrics), (clean, clean_metrics) = steps['all_views'], steps['clean_view']
+  for name in release_metrics:
+    np.testing.assert_allclose(clean_metrics[name], release_metrics[name], rtol=1e-6, err_msg=name)
+  _assert_trees_close(clean.params, release.params, rtol=1e-6, atol=1e-7)
+
+  _, flax_update = _one_pass(MODEL, {'params': state.params, 'batch_stats': state.batch_stats}, batch['vis'],
+                             batch['ir'])
+  layers = train.batchnorm_layers(MODEL, state.params, state.batch_stats, SHAPE, SHAPE)
+  old, flax_new = traverse_util.flatten_dict(state.batch_stats), traverse_util.flatten_dict(flax_update['batch_stats'])
+  got, release_stats = traverse_util.flatten_dict(clean.batch_stats), traverse_util.flatten_dict(release.batch_stats)
+  for path, r in old.items():
+    layer = layers[path[:-1]]
+    expected = flax_new[path]
+    if path[-1] == 'var':
+      expected = layer.momentum * r + (expected - layer.momentum * r) * layer.count / (layer.count - 1)
+    np.testing.assert_allclose(got[path], expected, rtol=1e-4, atol=1e-5, err_msg='/'.join(path))
+  assert any(np.abs(got[p] - release_stats[p]).max() > 1e-3 for p in got)
+  with pytest.raises(ValueError, match='running_stats'):
+    train.train_step(state, batch, jax.random.key(4), model=MODEL, loss_config=losses.LossConfig(),
+                     running_stats='clean')
+
+
 def test_resolve_view_batching():
   assert train.resolve_view_batching('auto', 'cpu') == 'loop'
   assert train.resolve_view_batching('auto', 'gpu') == 'vmap'

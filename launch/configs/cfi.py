@@ -49,6 +49,9 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # How the five views run inside the jitted step: 'vmap', 'loop' or 'auto' (loop on CPU, vmap on accelerators);
   # the same computation either way (cfi_jax/train.py).
   config.view_batching = "auto"
+  # Which passes feed the BatchNorm running statistics that evaluation uses: "all_views" (the release: clean, masked
+  # and modality-dropped) or "clean_view" (only the clean pass, the kind of input evaluation sees).
+  config.running_stats = "all_views"
 
   if variant == "smoke":
     config.model.features = 8

@@ -63,7 +63,7 @@ class CFITask:
 
   def train_step(self, state, batch, key):
     return cfi_train.train_step(state, batch, key, model=self.model, loss_config=self.loss_config,
-                                view_batching=self.config.view_batching)
+                                view_batching=self.config.view_batching, running_stats=self.config.running_stats)
 
   def eval_pairs(self) -> list[dict[str, Any]]:
     """The held-out pairs used for evaluation, centre-cropped to a common size (loaded once)."""
