@@ -23,7 +23,9 @@ class Task(Protocol):
     name: the model name written into the checkpoint config as 'model' ('isfuse' | 'dfc').
 
   A task may also have `resumable_fields`: dotted config paths that change how a step runs but not what it computes
-  (CFI's view_batching), so a run may resume from a checkpoint written with other values (launch/trainer.py).
+  (CFI's view_batching), so a run may resume from a checkpoint written with other values (launch/trainer.py);
+  and `added_field_defaults`: {dotted config path: value} for fields added after checkpoints were already being
+  written, the value reproducing what the code did before, so those older checkpoints still resume.
   """
 
   name: str

@@ -20,7 +20,7 @@ iterator's state is saved per process). The device count may change.
 import json
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -94,17 +94,19 @@ def resumable_fields(task: task_lib.Task) -> frozenset[str]:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any],
-                       resumable: frozenset[str] = RESUMABLE_FIELDS) -> list[str]:
+                       resumable: frozenset[str] = RESUMABLE_FIELDS,
+                       added_field_defaults: Mapping[str, Any] | None = None) -> list[str]:
   """Human-readable differences between two checkpoint configs that forbid resuming; [] if compatible.
 
-  Fields in `resumable` (dotted paths into the experiment config) may differ."""
+  Fields in `resumable` (dotted paths into the experiment config) may differ. A field of `added_field_defaults`
+  that the checkpoint lacks counts as having that value (what the code did before the field existed)."""
   if "experiment" not in saved:
     return ["the checkpoint has no training config (an inference-only checkpoint cannot be resumed)"]
   diffs = []
   for field in ("model", "process_count"):
     if saved.get(field) != current[field]:
       diffs.append(f"{field}: checkpoint {saved.get(field)!r}, now {current[field]!r}")
-  old, new = _flatten(saved["experiment"]), _flatten(current["experiment"])
+  old, new = {**(added_field_defaults or {}), **_flatten(saved["experiment"])}, _flatten(current["experiment"])
   for key in sorted(old.keys() | new.keys()):
     if key in resumable or old.get(key, "<absent>") == new.get(key, "<absent>"):
       continue
@@ -192,7 +194,8 @@ def _restore_or_init(task, config, manager, iterator, mesh, init_key):
     return init(init_key, example), 0
   saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
   resumable = resumable_fields(task)
-  diffs = config_differences(saved, checkpoint_config(task, config), resumable)
+  diffs = config_differences(saved, checkpoint_config(task, config), resumable,
+                             getattr(task, "added_field_defaults", None))
   if diffs:
     raise CheckpointMismatchError(
         f"Refusing to resume from {manager.directory / str(step)}: it was written with a different model or config.\n"

@@ -108,6 +108,17 @@ def test_task_declares_its_own_resumable_fields():
   assert trainer.resumable_fields(linear_task.LinearTask(None)) == trainer.RESUMABLE_FIELDS
 
 
+def test_fields_added_later_take_their_former_behaviour_in_older_checkpoints():
+  older = {"model": "m", "process_count": 1, "experiment": {"seed": 0}}
+  now = lambda mode: {"model": "m", "process_count": 1, "experiment": {"seed": 0, "running_stats": mode}}
+  added = {"running_stats": "all_views"}
+  assert trainer.config_differences(older, now("all_views"), added_field_defaults=added) == []
+  assert trainer.config_differences(older, now("clean_view"), added_field_defaults=added) == [
+      "running_stats: checkpoint 'all_views', now 'clean_view'"]
+  assert trainer.config_differences(older, now("all_views")) == [
+      "running_stats: checkpoint '<absent>', now 'all_views'"]
+
+
 def test_writes_logs_eval_images_and_tensorboard(tmp_path):
   _train(tmp_path, num_steps=4)
   _train(tmp_path, num_steps=2)  # No-op resume at the end: the logs stay as they are.

@@ -41,6 +41,8 @@ class CFITask:
   name = "isfuse"
   # Looped or vmapped views compute the same step (cfi_jax/train.py), so a run may switch between them.
   resumable_fields = frozenset({"view_batching"})
+  # Checkpoints written before running_stats existed fed every view into the running statistics.
+  added_field_defaults = {"running_stats": "all_views"}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
