@@ -5,9 +5,10 @@
 
 Runs the jitted function `repeats` times under `jax.profiler.trace` (Perfetto JSON, no extra packages), sums the
 duration of every executed HLO op, and prints time per op kind and per top-level module (encoders, CFIs, decoder
-layers), then the heaviest ops with the layer they come from (flax module path), their kind, and for
-convolutions the achieved GFLOP/s (2 x output elements x kernel taps x input channels). XLA:CPU may run independent ops concurrently, so per-op times can sum to more than the
-wall time; the shares are of the summed op time. Never run with fake devices.
+layers), then the heaviest ops with the layer they come from (flax module path), their kind, and for convolutions
+the achieved GFLOP/s (2 x output elements x kernel taps x input channels). XLA:CPU may run independent ops
+concurrently, so per-op times can sum to more than the wall time; the shares are of the summed op time. Never run
+with fake devices.
 """
 import collections
 import functools

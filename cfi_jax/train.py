@@ -177,7 +177,8 @@ def merge_batch_stats(batch_stats: Any, view_updates: Any, layers: Mapping[tuple
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse, loss_config: losses.LossConfig,
-               view_batching: str = 'auto', running_stats: str = 'all_views') -> tuple[TrainState, dict[str, jax.Array]]:
+               view_batching: str = 'auto',
+               running_stats: str = 'all_views') -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam step on L = L_f + alpha L_inv + beta L_nec over the clean batch and its interventions.
 
   Pure and jit-able (model, loss_config, view_batching and running_stats are static); with `batch` sharded over a

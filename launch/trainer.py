@@ -13,9 +13,10 @@ metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), 
 samples/ (held-out inputs, for tasks that write them).
 
 Resuming is automatic from the newest complete checkpoint. Only the fields in RESUMABLE_FIELDS (loop bookkeeping)
-and the task's own `resumable_fields` (launch/task.py) may differ from the checkpoint's config; any other
-difference (model, loss, data, batch size, seed, ...) is refused, as is a different process count (the data
-iterator's state is saved per process). The device count may change.
+and the task's own `resumable_fields` (launch/task.py) may differ from the checkpoint's config (a field the
+checkpoint predates counts as the task's `added_field_defaults` value); any other difference (model, loss, data,
+batch size, seed, ...) is refused, as is a different process count (the data iterator's state is saved per
+process). The device count may change.
 """
 import json
 import pathlib

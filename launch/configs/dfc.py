@@ -79,7 +79,7 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
     # Sharpening keeps the keypoints apart: with the gain alone their spread over a batch fell to ~0.25 px (all at
     # the centre) in 250 steps; with both it stayed ~2.5 px.
     config.model.amplifier = 'both'
-    # A faster rate than the design's 2e-4: the demo has only a few hundred steps.
+    # A faster rate than the design's 2e-4: the demo has only 2000 steps.
     config.optimizer.learning_rate = 1e-3
     # Reconstruction first: the discriminator tells the generator's early blobs from real renders at once (hinge D
     # loss 0.02-0.1 by step 100), so its gradients carry little but noise then. Then the GAN ramps in, against a
