@@ -34,6 +34,14 @@ class LossConfig:
   static_consistency: float = 1.0
   self_reconstruction: float = 10.0
   support: float = 1.0           # lambda_sup: weight of every support-batch term
+  # Keypoint equivariance prior, not in the design (0: off). The source's keypoints, moved by a random similarity
+  # transform, must be the keypoints of the source warped by it: keypoints that collapse to fixed points, whatever
+  # the pose, are not. Each transform rotates by up to equivariance_rotation degrees, scales by up to
+  # exp(±equivariance_log_scale) and shifts by up to equivariance_shift ([-1, 1] units) per axis.
+  equivariance: float = 0.0
+  equivariance_rotation: float = 15.0
+  equivariance_log_scale: float = 0.1
+  equivariance_shift: float = 0.1
   gan_type: str = 'hinge'
   use_consistency: bool = True   # ablation "without consistency losses"
   use_support: bool = True       # ablation "without support data"
@@ -46,6 +54,10 @@ class LossConfig:
     if self.adversarial_warmup_steps < 0 or self.adversarial_ramp_steps < 0:
       raise ValueError(f'adversarial_warmup_steps and adversarial_ramp_steps must be >= 0, got '
                        f'{self.adversarial_warmup_steps} and {self.adversarial_ramp_steps}')
+    ranges = {'equivariance_rotation': self.equivariance_rotation,
+              'equivariance_log_scale': self.equivariance_log_scale, 'equivariance_shift': self.equivariance_shift}
+    if any(value < 0 for value in ranges.values()):
+      raise ValueError(f'the equivariance transform ranges must be >= 0, got {ranges}')
 
 
 def adversarial_scale(step: jax.Array, warmup_steps: int, ramp_steps: int) -> jax.Array:

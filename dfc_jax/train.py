@@ -13,6 +13,7 @@ import optax
 
 from dfc_jax import losses
 from dfc_jax import model as model_lib
+from dfc_jax import transforms
 
 
 @flax.struct.dataclass
@@ -76,8 +77,11 @@ def _weighted(per_sample: jax.Array, num_paired: int, support_weight: float) -> 
 
 
 def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator, config: losses.LossConfig,
-                    vgg_params):
-  """Total generator loss at `step`, its parts, and the fakes (with their conditions) for the discriminator step."""
+                    vgg_params, key=None):
+  """Total generator loss at `step`, its parts, and the fakes (with their conditions) for the discriminator step.
+
+  `key` draws the equivariance prior's transforms (needed only when config.equivariance > 0).
+  """
   source, target, truth = (to_model_range(batch[k]) for k in ('source', 'target', 'truth'))
   num_paired = source.shape[0]
   if config.use_support and 'support_source' in batch:
@@ -86,10 +90,19 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   n = source.shape[0]
   apply = lambda method, *args: generator.apply({'params': g_params}, *args, method=method)  # noqa: E731
 
-  # One pose-encoder pass for sources and targets, one decoder pass for transfers and self-reconstructions.
-  keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate([source, target])).keypoints
+  # One pose-encoder pass for sources, targets (and warped sources), one decoder pass for transfers and
+  # self-reconstructions.
+  pose_inputs = [source, target]
+  if config.equivariance > 0:
+    if key is None:
+      raise ValueError('the equivariance prior (config.equivariance > 0) needs a key for its random transforms')
+    transform = transforms.random_similarity(key, n, max_rotation=config.equivariance_rotation,
+                                             max_log_scale=config.equivariance_log_scale,
+                                             max_shift=config.equivariance_shift)
+    pose_inputs.append(transforms.warp_images(source, transform))
+  keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate(pose_inputs)).keypoints
   static = apply(model_lib.DFCNet.encode_static, target)
-  both = apply(model_lib.DFCNet.decode, keypoints, [jnp.concatenate([f, f]) for f in static])
+  both = apply(model_lib.DFCNet.decode, keypoints[:2 * n], [jnp.concatenate([f, f]) for f in static])
   output, reconstruction = both[:n], both[n:]
 
   d_fake = discriminator.apply({'params': d_params}, output, target)
@@ -107,6 +120,10 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   if config.perceptual > 0:
     parts['perceptual'] = jnp.mean(losses.perceptual(vgg_params, output[:num_paired], truth, config.vgg_layers))
     weights['perceptual'] = config.perceptual
+  if config.equivariance > 0:
+    moved = transforms.transform_points(keypoints[:n], transform)
+    parts['equivariance'] = _weighted(losses.l1(keypoints[2 * n:], moved), num_paired, config.support)
+    weights['equivariance'] = config.equivariance
   if config.use_consistency:
     # The output is re-encoded with gradients flowing into it and into both encoders (no stop-gradient).
     keypoints_output = apply(model_lib.DFCNet.encode_pose, output).keypoints
@@ -135,8 +152,11 @@ def _discriminator_loss(d_params, fake, fake_condition, truth, truth_condition, 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: model_lib.DFCNet,
                discriminator: model_lib.MultiScaleDiscriminator, config: losses.LossConfig,
-               vgg_params: dict[str, Any] | None) -> tuple[TrainState, dict[str, jax.Array]]:
+               vgg_params: dict[str, Any] | None, key: jax.Array | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One generator update then one discriminator update on the generator's outputs before its update.
+
+  `key` is this step's randomness (the equivariance prior's transforms); steps without that prior draw none.
 
   Metrics: 'loss' (generator total), 'd_loss', every weighted part's unweighted value, 'd_real', 'd_fake', and
   'keypoint_spread' (the source keypoints' standard deviation over the batch, in [-1, 1] units, averaged over
@@ -144,7 +164,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
   """
   g_params, d_params = state.params['generator'], state.params['discriminator']
   g_loss_fn = lambda g: _generator_loss(g, d_params, batch, state.step, generator=generator,  # noqa: E731
-                                        discriminator=discriminator, config=config, vgg_params=vgg_params)
+                                        discriminator=discriminator, config=config, vgg_params=vgg_params,
+                                        key=key)
   (g_loss, (parts, fake, fake_condition)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
   truth = to_model_range(batch['truth'])
   num_paired = truth.shape[0]

@@ -8,6 +8,7 @@ import pytest
 from dfc_jax import losses
 from dfc_jax import metrics
 from dfc_jax import model as model_lib
+from dfc_jax import transforms
 
 # 'rbg' keys: XLA compiles threefry's unrolled rounds slowly on a CPU, and these tests initialise many networks.
 _KEY = jax.random.key(0, impl='rbg')
@@ -39,6 +40,26 @@ def test_gaussian_rendering():
   # One pixel (0.5 in [-1, 1] units = sigma) away: exp(-1/2); diagonal: exp(-1).
   assert maps[0, 1, 3, 0] == pytest.approx(np.exp(-0.5), rel=1e-6)
   assert maps[0, 2, 3, 0] == pytest.approx(np.exp(-1.0), rel=1e-6)
+
+
+def test_warped_images_move_their_keypoints_as_the_transform_moves_points():
+  keypoints = jnp.array([[[0.3, -0.2]], [[-0.4, 0.1]], [[0.0, 0.5]], [[0.2, 0.2]]])
+  # Not square, so that rows and columns have different pixel sizes in [-1, 1] units.
+  images = model_lib.render_gaussians(keypoints, (40, 48), sigma=0.06)
+  transform = transforms.random_similarity(_KEY, 4, max_rotation=30.0, max_log_scale=0.2, max_shift=0.2)
+  angles = np.degrees(np.arctan2(transform.matrix[:, 1, 0], transform.matrix[:, 0, 0]))
+  scales = np.sqrt(np.linalg.det(np.asarray(transform.matrix)))
+  assert np.all(np.abs(angles) <= 30.0) and np.all(np.abs(np.log(scales)) <= 0.2 + 1e-6)
+  assert np.all(np.abs(transform.shift) <= 0.2) and len(np.unique(np.asarray(transform.shift[:, 0]))) == 4
+  # soft_argmax of log intensities is the intensity-weighted centroid: the blob's centre, wherever it moved.
+  centroid = lambda maps: model_lib.soft_argmax(jnp.log(maps + 1e-30))  # noqa: E731
+  np.testing.assert_allclose(centroid(images), keypoints, atol=1e-5)
+  moved = transforms.transform_points(keypoints, transform)
+  assert np.abs(moved - keypoints).max() > 0.1
+  # Within a tenth of a pixel (pixels are 0.04-0.05 wide here); bilinear resampling blurs but does not shift.
+  np.testing.assert_allclose(centroid(transforms.warp_images(images, transform)), moved, atol=5e-3)
+  identity = transforms.random_similarity(_KEY, 4, max_rotation=0.0, max_log_scale=0.0, max_shift=0.0)
+  np.testing.assert_allclose(transforms.warp_images(images, identity), images, atol=1e-6)
 
 
 def _tiny(amplifier: str, **kwargs) -> model_lib.DFCNet:
@@ -159,6 +180,8 @@ def test_gan_losses_on_hand_made_logits():
   np.testing.assert_allclose(losses.feature_matching(fake, real), [1.0, 1.0])
   with pytest.raises(ValueError, match='gan_type'):
     losses.LossConfig(gan_type='wgan')
+  with pytest.raises(ValueError, match='equivariance transform ranges'):
+    losses.LossConfig(equivariance_rotation=-1.0)
 
 
 def test_feature_matching_does_not_train_on_real_features():

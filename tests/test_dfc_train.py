@@ -15,6 +15,7 @@ import pytest
 from dfc_jax import losses
 from dfc_jax import model as model_lib
 from dfc_jax import train as dfc_train
+from dfc_jax import transforms
 from input_pipeline import images
 from launch import checkpoints
 from launch import evaluate_dfc
@@ -41,9 +42,10 @@ def test_step_on_eight_devices_equals_one_device():
   # differences.
   tx = optax.sgd(0.1)
   state = dfc_train.create_train_state(jax.random.PRNGKey(0), _GENERATOR, _DISCRIMINATOR, tx, tx, (1, 16, 16, 3))
-  config = losses.LossConfig(vgg_layers=1)
+  # With the equivariance prior, so that its random transforms are checked to be the same under sharding too.
+  config = losses.LossConfig(vgg_layers=1, equivariance=1.0)
   step = functools.partial(dfc_train.train_step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config,
-                           vgg_params=losses.vgg16_params(1))
+                           vgg_params=losses.vgg16_params(1), key=_KEY)
   batch = _batch(8)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
@@ -55,7 +57,7 @@ def test_step_on_eight_devices_equals_one_device():
     results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
   (params_1, metrics_1), (params_8, metrics_8) = results
   assert set(metrics_1) >= {'loss', 'd_loss', 'l1', 'perceptual', 'adversarial', 'feature_matching',
-                            'pose_consistency', 'static_consistency', 'self_reconstruction'}
+                            'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance'}
   for name in metrics_1:
     np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-4, atol=1e-6, err_msg=name)
   # The updates agree to float32 reduction-order noise (L1-type losses turn it into sign flips of tiny residuals),
@@ -81,6 +83,42 @@ def test_consistency_gradients_reach_the_generator_through_the_reencoding():
   grads = jax.jit(jax.grad(loss_fn))(g_params)
   for part in ('generator', 'pose_encoder', 'static_encoder'):
     assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads[part]))) > 0, part
+
+
+def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  weights = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
+                 use_consistency=False)
+  config = losses.LossConfig(equivariance=1.0, support=0.5, **weights)
+  key = jax.random.key(3, impl='rbg')
+  loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, 0, generator=_GENERATOR,  # noqa: E731
+                                                discriminator=_DISCRIMINATOR, config=config, vgg_params=None,
+                                                key=key)
+  (total, (parts, _, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(g_params)
+  # Only the pose encoder can lower it.
+  assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads['pose_encoder']))) > 0
+  for part in ('generator', 'static_encoder'):
+    assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads[part]))) == 0, part
+
+  # A pose encoder blind to the image (heatmap head zeroed) puts every keypoint at the centre (0, 0), which the
+  # transform moves to its shift: the loss is the mean |shift| of the 2 paired + 0.5 x that of the 2 support samples.
+  # Conv_0 is the heatmap head (the encoder's other convs sit inside ConvNormAct blocks).
+  head = jax.tree.map(jnp.zeros_like, g_params['pose_encoder']['Conv_0'])
+  blind = {**g_params, 'pose_encoder': {**g_params['pose_encoder'], 'Conv_0': head}}
+  (total, (parts, _, _)), _ = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(blind)
+  shift = np.abs(np.asarray(transforms.random_similarity(
+      key, 4, max_rotation=config.equivariance_rotation, max_log_scale=config.equivariance_log_scale,
+      max_shift=config.equivariance_shift).shift)).mean(axis=1)
+  expected = shift[:2].mean() + 0.5 * shift[2:].mean()
+  assert expected > 0.01
+  np.testing.assert_allclose(parts['equivariance'], expected, rtol=1e-5)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match='needs a key'):
+    dfc_train._generator_loss(g_params, d_params, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+                              config=config, vgg_params=None)
 
 
 def test_adversarial_warmup_silences_the_discriminator_then_ramps_linearly():

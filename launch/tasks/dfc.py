@@ -1,5 +1,6 @@
 """DFC-Net as a training task (launch/task.py): dfc_jax's G + D step on the puppet pipelines of input_pipeline;
 and loading a trained generator back from a checkpoint (for launch.transfer and launch.evaluate_dfc)."""
+import dataclasses
 import os
 from typing import Any
 
@@ -48,6 +49,9 @@ class DFCTask:
   """
 
   name = 'dfc'
+  # Checkpoints written before the equivariance prior existed trained without it.
+  added_field_defaults = {f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
+                          if f.name.startswith('equivariance')}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -80,10 +84,9 @@ class DFCTask:
                                         image_shape=(1, *example_batch['source'].shape[1:]))
 
   def train_step(self, state, batch, key):
-    # The step draws no randomness: every sample's randomness comes from the data pipeline.
-    del key
+    # Only the equivariance prior's transforms use the key; the samples' randomness comes from the data pipeline.
     return dfc_train.train_step(state, batch, generator=self.generator, discriminator=self.discriminator,
-                                config=self.loss_config, vgg_params=self._vgg_params)
+                                config=self.loss_config, vgg_params=self._vgg_params, key=key)
 
   def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray | None]:
     del step
