@@ -13,6 +13,10 @@ Ablations of the paper's three claims are overrides of any variant:
   without consistency losses: --config.loss.use_consistency=False
   without the keypoint amplifier: --config.model.amplifier=off
   without support data: --config.data.support=False
+
+Not in the design, off in every variant: a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the
+keypoints of a randomly rotated, scaled and shifted source must be the source's keypoints moved the same way;
+transform ranges in config.loss.equivariance_*).
 """
 import dataclasses
 
