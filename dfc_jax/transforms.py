@@ -45,8 +45,7 @@ def warp_images(images: jax.Array, transform: Similarity) -> jax.Array:
     inverse = swap @ jnp.linalg.inv(matrix) @ swap
     linear = half_size[:, None] * inverse / half_size[None, :]
     offset = centre - linear @ centre - half_size * (inverse @ (swap @ shift))
-    pull = jnp.zeros((3, 4)).at[:2, :2].set(linear).at[:2, 3].set(offset).at[2, 2].set(1.0)
-    return pull
+    return jnp.zeros((3, 4)).at[:2, :2].set(linear).at[:2, 3].set(offset).at[2, 2].set(1.0)
 
   pulls = jax.vmap(pull_matrix)(transform.matrix, transform.shift)
   return jax.vmap(lambda image, pull: dm_pix.affine_transform(image, pull, mode='nearest'))(images, pulls)
