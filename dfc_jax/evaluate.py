@@ -1,4 +1,5 @@
-"""DFC-Net evaluation on a rendered puppet test split: transfers, metrics and the source|target|output|truth grid."""
+"""DFC-Net evaluation on a test split (puppets or video frames): transfers, metrics and the
+source|target|output|truth grid."""
 import functools
 
 import jax
@@ -39,20 +40,25 @@ class Evaluator:
     return metrics.fit_joint_regressor(self.keypoints(g_params, calibration['images']), calibration['joints'])
 
   def evaluate(self, g_params, eval_set: dict[str, np.ndarray],
-               regressor: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """Mean SSIM, PSNR, LPIPS, silhouette IoU and keypoint error (pixels) on a paired eval set; and the outputs."""
+               regressor: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Mean SSIM, PSNR and LPIPS on a paired eval set; and the outputs.
+
+    Puppet eval sets also give silhouette IoU (they carry the true silhouette and background) and, with a joint
+    regressor, keypoint error in pixels (they carry the true joints).
+    """
     output = self.transfer(g_params, eval_set['source'], eval_set['target'])
     truth = eval_set['truth']
-    lpips = self._batched(functools.partial(self._lpips, self._lpips_params), output, truth)
-    silhouette = metrics.predicted_silhouette(output, eval_set['truth_background'])
-    joints = metrics.regress_joints(regressor, self.keypoints(g_params, output))
     values = {
         'ssim': self._batched(self._ssim, output, truth),
         'psnr': self._batched(self._psnr, output, truth),
-        'lpips': lpips,
-        'silhouette_iou': metrics.silhouette_iou(silhouette, eval_set['truth_silhouette']),
-        'keypoint_error': metrics.keypoint_error(joints, eval_set['truth_joints']),
+        'lpips': self._batched(functools.partial(self._lpips, self._lpips_params), output, truth),
     }
+    if 'truth_silhouette' in eval_set:
+      silhouette = metrics.predicted_silhouette(output, eval_set['truth_background'])
+      values['silhouette_iou'] = metrics.silhouette_iou(silhouette, eval_set['truth_silhouette'])
+    if regressor is not None and 'truth_joints' in eval_set:
+      joints = metrics.regress_joints(regressor, self.keypoints(g_params, output))
+      values['keypoint_error'] = metrics.keypoint_error(joints, eval_set['truth_joints'])
     return {k: float(np.mean(v)) for k, v in values.items()}, output
 
 

@@ -1,8 +1,17 @@
 """grain pipelines for DFC-Net: infinite paired + support training batches and fixed evaluation sets.
 
+Two datasets (data_config.name):
+  puppets: the procedural renderer; truth is the target's character in the source's pose; support samples come from
+    the disjoint support split; test splits unseen characters and unseen animations, with true joints and
+    silhouettes.
+  frames: one person's video frames (EDN-style, data_config.frames_dir); source = truth = frame i, target = frame j;
+    support samples pair another person's frame (data_config.support_frames_dir) as pose with this person's frame
+    as appearance; the test split 'test_frames' is data_config.test_frames_dir, or else the video's last
+    holdout_fraction of frames, which training then leaves out.
+
 Images are float32 in [0, 1], NHWC. A training element holds a paired sample (source = pose, target = appearance,
-truth = target's character in the source's pose) and, when support data is on, an unpaired support sample from the
-disjoint support split (support_source, support_target).
+truth = the target's person in the source's pose) and, when support data is on, an unpaired one (support_source,
+support_target).
 """
 from typing import Any
 
@@ -11,12 +20,19 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from input_pipeline import errors
 from input_pipeline import puppets
+from input_pipeline import video_frames
 
 # Samples are addressed by index; this many per process is infinite for any training run.
 _STREAM_LENGTH = 2**40
 TRAIN_KEYS = ('source', 'target', 'truth')
 SUPPORT_KEYS = ('support_source', 'support_target')
+DATASETS = ('puppets', 'frames')
+FRAMES_TEST_SPLIT = 'test_frames'
+# The video-frames fields of a data config (ignored by puppets), with their defaults.
+FRAMES_DEFAULTS = {'frames_dir': None, 'test_frames_dir': None, 'support_frames_dir': None, 'crop': 'center',
+                   'holdout_fraction': 0.1}
 
 
 def make_world(data_config: ml_collections.ConfigDict) -> puppets.PuppetWorld:
@@ -49,19 +65,50 @@ class _TrainSample:
     return element
 
 
+def frame_splits(data_config: ml_collections.ConfigDict) -> tuple[list, list]:
+  """(train, test) frame paths of a 'frames' data config."""
+  if not data_config.frames_dir:
+    raise errors.DataConfigError("data.frames_dir is not set: training on video frames needs the folder of one "
+                                 "person's frames (--config.data.frames_dir=DIR)")
+  frames = video_frames.list_frames(data_config.frames_dir)
+  if data_config.test_frames_dir:
+    return frames, video_frames.list_frames(data_config.test_frames_dir)
+  return video_frames.split_frames(frames, data_config.holdout_fraction, data_config.frames_dir)
+
+
+def _support_frames(data_config: ml_collections.ConfigDict) -> list | None:
+  if not data_config.support:
+    return None
+  if not data_config.support_frames_dir:
+    raise errors.DataConfigError('data.support is on but data.support_frames_dir is not set: give a folder of '
+                                 'frames of other people (--config.data.support_frames_dir=DIR) or turn support '
+                                 'data off (--config.data.support=False)')
+  return video_frames.list_frames(data_config.support_frames_dir)
+
+
+def eval_splits(data_config: ml_collections.ConfigDict, puppet_splits) -> tuple[str, ...]:
+  """The evaluation splits of a data config: `puppet_splits` for puppets, ('test_frames',) for video frames."""
+  return tuple(puppet_splits) if data_config.name == 'puppets' else (FRAMES_TEST_SPLIT,)
+
+
 def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int,
                        process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Infinite puppet training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3].
+  """Infinite training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3].
 
   b = batch_size // process_count; process p reads samples p, p + P, p + 2P, ... so processes never overlap. The
   iterator is checkpointable (grain.checkpoint.CheckpointSave).
   """
   if batch_size % process_count:
     raise ValueError(f'batch_size {batch_size} must divide by the process count {process_count}')
-  if data_config.name != 'puppets':
-    raise ValueError(f"DFC training data {data_config.name!r} is not supported; use 'puppets'")
-  world = make_world(data_config)
-  sample = _TrainSample(world, data_config.image_size, seed, data_config.support)
+  if data_config.name == 'puppets':
+    sample = _TrainSample(make_world(data_config), data_config.image_size, seed, data_config.support)
+  elif data_config.name == 'frames':
+    sample = video_frames.FrameTrainSample(frame_splits(data_config)[0], data_config.image_size,
+                                           crop=video_frames.parse_crop(data_config.crop), seed=seed,
+                                           support_frames=_support_frames(data_config))
+  else:
+    raise errors.DataConfigError(f'DFC training data {data_config.name!r} is not supported; use one of '
+                                 f'{DATASETS}')
   dataset = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count].map(sample)
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
@@ -70,8 +117,16 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
 
 def make_eval_set(data_config: ml_collections.ConfigDict, split: str, num_samples: int,
                   sample_seed: int = 0) -> dict[str, np.ndarray]:
-  """`num_samples` paired samples of a puppet test split, stacked: images [N,S,S,3], truth_joints [N,J,2],
-  truth_silhouette [N,S,S] bool, truth_background [N,S,S,3], source_joints [N,J,2]."""
+  """`num_samples` paired samples of a test split, stacked: images [N,S,S,3] (source, target, truth); for puppets
+  also truth_joints [N,J,2], truth_silhouette [N,S,S] bool, truth_background [N,S,S,3], source_joints [N,J,2].
+  Video frames give every distinct pair of held-out frames when they have fewer than `num_samples`."""
+  if data_config.name == 'frames':
+    if split != FRAMES_TEST_SPLIT:
+      raise errors.DataConfigError(f'unknown split {split!r} of video frames; the test split is '
+                                   f'{FRAMES_TEST_SPLIT!r}')
+    test = frame_splits(data_config)[1]
+    return video_frames.load_pairs(test, video_frames.frame_pairs(len(test), num_samples, sample_seed),
+                                   data_config.image_size, video_frames.parse_crop(data_config.crop))
   sampler = puppets.PuppetSampler(make_world(data_config), split, data_config.image_size, sample_seed=sample_seed)
   samples = [sampler.paired(i) for i in tqdm.trange(num_samples, desc=f'render {split}', leave=False)]
   return {k: np.stack([s[k] for s in samples]) for k in samples[0]}

@@ -1,10 +1,12 @@
-r"""Evaluates a DFC-Net checkpoint on the puppet test splits: SSIM, PSNR, LPIPS (AlexNet), silhouette IoU, keypoint
-error (pixels), and a PNG grid per split (rows: source | target | output | ground truth).
+r"""Evaluates a DFC-Net checkpoint on its dataset's test splits: SSIM, PSNR, LPIPS (AlexNet), and for puppets also
+silhouette IoU and keypoint error (pixels); a PNG grid per split (rows: source | target | output | ground truth).
 
   python -m launch.evaluate_dfc --checkpoint=WORKDIR/checkpoints --out=DIR [--num_samples=256]
+  python -m launch.evaluate_dfc --checkpoint=WORKDIR/checkpoints --out=DIR --test_frames_dir=FRAMES
 
-The puppet world (characters, animations, resolution) is the one the checkpoint was trained on (its saved
-experiment config). Writes DIR/metrics.json and DIR/<split>.png, and prints the metrics.
+The data (puppet world and resolution, or video frames and their held-out test frames) is the one the checkpoint
+was trained on (its saved experiment config); --test_frames_dir evaluates a video-frames checkpoint on other
+frames of the same person. Writes DIR/metrics.json and DIR/<split>.png, and prints the metrics.
 """
 import json
 import pathlib
@@ -30,7 +32,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step; the latest by default.')
   flags.DEFINE_string('out', None, 'Output folder for metrics.json and the grids.')
   flags.DEFINE_list('splits', ['test_unseen_characters', 'test_unseen_animations'],
-                    f'Puppet splits to evaluate, from {puppets.SPLITS[:3]}.')
+                    f'Puppet splits to evaluate, from {puppets.SPLITS[:3]}; video frames have one test split.')
+  flags.DEFINE_string('test_frames_dir', None,
+                      'Video-frames checkpoints: evaluate on these frames instead of the held-out ones.')
   flags.DEFINE_integer('num_samples', 256, 'Pairs per split.')
   flags.DEFINE_integer('calibration_samples', 512,
                        'Train-split renders used to map learned keypoints to the true joints.')
@@ -40,7 +44,7 @@ def define_flags() -> None:
 
 
 def data_config_of(checkpoint, step: int | None = None) -> ml_collections.ConfigDict:
-  """The puppet data config a DFC-Net training checkpoint was trained with."""
+  """The data config a DFC-Net training checkpoint was trained with."""
   config = checkpoints.restore_config(checkpoint, step)
   experiment = config.get('experiment')
   if config.get('model') != 'dfc' or not experiment or 'data' not in experiment:
@@ -50,17 +54,31 @@ def data_config_of(checkpoint, step: int | None = None) -> ml_collections.Config
 
 
 def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
-                        step: int | None = None, sample_seed: int = 0) -> dict[str, dict[str, float]]:
-  """Metrics per split of a checkpoint; writes out/metrics.json and out/<split>.png."""
-  for split in splits:
-    if split not in puppets.SPLITS[:3]:
-      raise ValueError(f'unknown split {split!r}; choose from {puppets.SPLITS[:3]}')
+                        step: int | None = None, sample_seed: int = 0,
+                        test_frames_dir: str | None = None) -> dict[str, dict[str, float]]:
+  """Metrics per split of a checkpoint; writes out/metrics.json and out/<split>.png.
+
+  `splits` are puppet splits; a video-frames checkpoint is evaluated on its one test split (its held-out frames, or
+  `test_frames_dir`).
+  """
+  data_config = data_config_of(checkpoint, step)
+  if data_config.name == 'puppets':
+    if test_frames_dir:
+      raise ValueError(f'{checkpoint}: --test_frames_dir applies to checkpoints trained on video frames; this one '
+                       'was trained on puppets')
+    for split in splits:
+      if split not in puppets.SPLITS[:3]:
+        raise ValueError(f'unknown split {split!r}; choose from {puppets.SPLITS[:3]}')
+  elif test_frames_dir:
+    data_config.test_frames_dir = test_frames_dir
+  splits = pose_data.eval_splits(data_config, splits)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   generator, g_params, _ = dfc_task.load_generator(checkpoint, step)
-  data_config = data_config_of(checkpoint, step)
   evaluator = dfc_evaluate.Evaluator(generator)
-  regressor = evaluator.joint_regressor(g_params, pose_data.make_calibration_set(data_config, calibration_samples))
+  regressor = None
+  if data_config.name == 'puppets':
+    regressor = evaluator.joint_regressor(g_params, pose_data.make_calibration_set(data_config, calibration_samples))
   results = {}
   for split in splits:
     eval_set = pose_data.make_eval_set(data_config, split, num_samples, sample_seed=sample_seed)
@@ -77,7 +95,8 @@ def main(argv: list[str]) -> None:
   try:
     results = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.out, splits=FLAGS.splits, num_samples=FLAGS.num_samples,
                                   calibration_samples=FLAGS.calibration_samples, grid_rows=FLAGS.grid_rows,
-                                  step=FLAGS.step, sample_seed=FLAGS.sample_seed)
+                                  step=FLAGS.step, sample_seed=FLAGS.sample_seed,
+                                  test_frames_dir=FLAGS.test_frames_dir)
   except (FileNotFoundError, ValueError) as e:  # DFCCheckpointError is a ValueError
     sys.exit(f'Error: {e}')
   for split, values in results.items():

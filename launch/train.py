@@ -15,6 +15,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from input_pipeline import errors
 from launch import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. launch/configs/cfi.py:demo.",
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> None:
                jax.local_device_count(), jax.device_count())
   try:
     trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (trainer.CheckpointMismatchError, trainer.NonFiniteError) as e:
+  except (trainer.CheckpointMismatchError, trainer.NonFiniteError, errors.DataConfigError, FileNotFoundError) as e:
     # Expected failures: the message says what to do; a traceback would only bury it.
     sys.exit(f"Error: {e}")
 

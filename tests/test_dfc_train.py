@@ -212,3 +212,48 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   assert all(np.isfinite(v) for v in values.values())
   assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == results
   assert (tmp_path / 'eval' / 'test_unseen_characters.png').exists()
+  with pytest.raises(ValueError, match='trained on puppets'):
+    evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=[], num_samples=2, calibration_samples=8,
+                                     grid_rows=2, test_frames_dir=str(frames))
+
+
+def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_dir, tmp_path):
+  edn = shared_dir / 'data' / 'pose' / 'edn_subject4'
+  config = dfc_config.get_config('smoke')
+  # 10 frames: the last 2 are held out; support poses come from the 3 sample-data frames.
+  config.data.update(name='frames', frames_dir=str(edn / 'train_img'), holdout_fraction=0.2, support=True,
+                     support_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
+  config.update(num_steps=2, eval_every=2, checkpoint_every=2)
+  trainer.train_and_evaluate(config, tmp_path / 'run')
+  records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+  evaluation = [r for r in records if r['split'] == 'eval'][-1]
+  assert {k for k in evaluation if '/' in k} == {'test_frames/ssim', 'test_frames/psnr', 'test_frames/lpips'}
+  ckpt = tmp_path / 'run' / 'checkpoints'
+  results = evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
+                                             num_samples=8, calibration_samples=8, grid_rows=4)
+  # The binary evaluates the final checkpoint on the same held-out pairs as training did at that step.
+  assert set(results) == {'test_frames'}
+  for metric, value in results['test_frames'].items():
+    assert value == pytest.approx(evaluation[f'test_frames/{metric}'], rel=1e-5)
+  size = config.data.image_size
+  assert np.asarray(Image.open(tmp_path / 'eval' / 'test_frames.png')).shape == (2 * size, 4 * size, 3)
+  other = evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'other', splits=[], num_samples=8,
+                                           calibration_samples=8, grid_rows=8,
+                                           test_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
+  assert np.asarray(Image.open(tmp_path / 'other' / 'test_frames.png')).shape == (6 * size, 4 * size, 3)
+  assert other['test_frames']['ssim'] != results['test_frames']['ssim']
+
+
+def test_checkpoints_from_before_video_frames_and_equivariance_resume():
+  experiment = json.loads(dfc_config.get_config('demo').to_json_best_effort())  # as the trainer saves it
+  now = {'model': 'dfc', 'process_count': 1, 'experiment': experiment}
+  older = json.loads(json.dumps(now))
+  for field in ('frames_dir', 'test_frames_dir', 'support_frames_dir', 'crop', 'holdout_fraction'):
+    del older['experiment']['data'][field]
+  older['experiment']['loss'] = {k: v for k, v in older['experiment']['loss'].items()
+                                 if not k.startswith('equivariance')}
+  added = dfc_task.DFCTask.added_field_defaults
+  assert trainer.config_differences(older, now, added_field_defaults=added) == []
+  now['experiment']['data']['crop'] = 'none'
+  assert trainer.config_differences(older, now, added_field_defaults=added) == [
+      "data.crop: checkpoint 'center', now 'none'"]

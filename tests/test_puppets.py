@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from input_pipeline import errors
 from input_pipeline import images
 from input_pipeline import pose_data
 from input_pipeline import puppets
@@ -164,3 +165,82 @@ def test_video_frames_errors(tmp_path):
   with pytest.raises(ValueError, match='does not fit'):
     video_frames.crop_box((8, 8), (0, 0, 9, 8))
   assert math.isclose(video_frames.load_frame(tmp_path / 'a.png', 4).max(), 0.0)
+
+
+def _puppet_video(folder, character_index: int, num_frames: int):
+  """A 'video' of one puppet through one animation, as PNG frames (40 high, 56 wide) named frame1.png, ..."""
+  folder.mkdir()
+  character = puppets.make_character(3, 'train', character_index)
+  animation = puppets.make_animation(3, 'train', 0, puppets.TRAIN_ANIMATION_TYPES)
+  for t in range(num_frames):
+    image = puppets.render(character, animation.pose(t / num_frames), 56).image[8:48]
+    Image.fromarray((image * 255 + 0.5).astype(np.uint8)).save(folder / f'frame{t + 1}.png')
+  return folder
+
+
+def _frames_config(video, **overrides) -> ml_collections.ConfigDict:
+  return _data_config(**{'name': 'frames', 'image_size': 16, 'support': False, **pose_data.FRAMES_DEFAULTS,
+                         'crop': 'none', 'frames_dir': str(video), **overrides})
+
+
+def _rows(frames, config) -> list[bytes]:
+  return [video_frames.load_frame(f, config.image_size, None).tobytes() for f in frames]
+
+
+def test_video_frame_training_holds_out_the_last_frames_and_adds_support(tmp_path):
+  video = _puppet_video(tmp_path / 'person', 0, 12)
+  others = _puppet_video(tmp_path / 'others', 1, 3)
+  config = _frames_config(video, holdout_fraction=0.25, support=True, support_frames_dir=str(others))
+  frames = video_frames.list_frames(video)
+  assert [f.name for f in frames[:3]] == ['frame1.png', 'frame2.png', 'frame3.png']  # numeric, not 1, 10, 11
+  train, test = pose_data.frame_splits(config)
+  assert train == frames[:9] and test == frames[9:]
+  train_rows, test_rows = _rows(train, config), _rows(test, config)
+  other_rows = _rows(video_frames.list_frames(others), config)
+  batch = next(iter(pose_data.make_train_dataset(config, seed=0, batch_size=6)))
+  assert set(batch) == set(pose_data.TRAIN_KEYS + pose_data.SUPPORT_KEYS)
+  assert batch['source'].shape == (6, 16, 16, 3)
+  np.testing.assert_array_equal(batch['source'], batch['truth'])
+  for i in range(6):
+    assert batch['source'][i].tobytes() in train_rows and batch['target'][i].tobytes() in train_rows
+    assert not np.array_equal(batch['source'][i], batch['target'][i])
+    assert batch['support_source'][i].tobytes() in other_rows
+    assert batch['support_target'][i].tobytes() in train_rows
+  again = next(iter(pose_data.make_train_dataset(config, seed=0, batch_size=6)))
+  np.testing.assert_array_equal(again['target'], batch['target'])
+  # Every ordered pair of the 3 held-out frames, once: fewer than the 50 asked for.
+  eval_set = pose_data.make_eval_set(config, 'test_frames', 50)
+  assert set(eval_set) == {'source', 'target', 'truth'} and len(eval_set['source']) == 6
+  pairs = {(test_rows.index(s.tobytes()), test_rows.index(t.tobytes()))
+           for s, t in zip(eval_set['source'], eval_set['target'])}
+  assert pairs == {(i, j) for i in range(3) for j in range(3) if i != j}
+  # Separate test frames replace the hold-out: training then uses every frame of the video.
+  separate = _frames_config(video, test_frames_dir=str(others))
+  assert pose_data.frame_splits(separate) == (frames, video_frames.list_frames(others))
+  assert pose_data.eval_splits(config, ['test_unseen_characters']) == ('test_frames',)
+  assert pose_data.eval_splits(_data_config(), ['test_unseen_characters']) == ('test_unseen_characters',)
+
+
+def test_video_frame_training_errors_name_the_problem(tmp_path):
+  video = _puppet_video(tmp_path / 'person', 0, 3)
+  with pytest.raises(errors.DataConfigError, match='frames_dir is not set'):
+    pose_data.make_train_dataset(_frames_config(video, frames_dir=None), seed=0, batch_size=2)
+  with pytest.raises(ValueError, match='support_frames_dir is not set'):
+    pose_data.make_train_dataset(_frames_config(video, support=True, test_frames_dir=str(video)), seed=0,
+                                 batch_size=2)
+  with pytest.raises(ValueError, match='person: 3 frames are too few'):
+    pose_data.make_train_dataset(_frames_config(video), seed=0, batch_size=2)
+  with pytest.raises(ValueError, match="test split is 'test_frames'"):
+    pose_data.make_eval_set(_frames_config(video, test_frames_dir=str(video)), 'test_unseen_characters', 2)
+  with pytest.raises(ValueError, match='not supported'):
+    pose_data.make_train_dataset(_data_config(name='mixamo'), seed=0, batch_size=2)
+  with pytest.raises(ValueError, match='top,left,height,width'):
+    video_frames.parse_crop('middle')
+  assert video_frames.parse_crop('4,0,32,40') == (4, 0, 32, 40) and video_frames.parse_crop('none') is None
+
+
+def test_frame_pairs_are_distinct():
+  pairs = video_frames.frame_pairs(10, 40, seed=2)
+  assert len(set(pairs)) == 40 and all(i != j and 0 <= i < 10 and 0 <= j < 10 for i, j in pairs)
+  assert pairs == video_frames.frame_pairs(10, 40, seed=2) != video_frames.frame_pairs(10, 40, seed=3)
+  assert sorted(video_frames.frame_pairs(3, 100)) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]

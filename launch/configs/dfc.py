@@ -8,6 +8,12 @@ Variants:
          a crisp transfer needs a longer run (--config.num_steps) on an accelerator. `--config.num_steps=500` is a
          7-minute look that only reproduces the target's background and colours.
   paper: 128x128 puppets with the design's widths (32/64/128/256), K = 16, batch 16.
+  frames: the paper network on one person's video frames (EDN-style; the paper's second benchmark), without support
+         data: --config.data.frames_dir=DIR. The last 10% of the frames are held out for evaluation (SSIM, PSNR,
+         LPIPS) unless --config.data.test_frames_dir gives separate ones; --config.data.crop is 'center' (the
+         central square), 'none' or 'top,left,height,width'. Support data: --config.data.support=True
+         --config.data.support_frames_dir=OTHER_PEOPLE (their poses, this person's appearance, no ground truth).
+         Any variant trains on frames with --config.data.name=frames and the same fields.
 
 Ablations of the paper's three claims are overrides of any variant. At the demo's 2000 steps each ablated model
 scores as well as the full model or better (without the amplifier: better on both of two seeds), so the claims need
@@ -25,6 +31,7 @@ import dataclasses
 import ml_collections
 
 from dfc_jax import losses
+from input_pipeline import pose_data
 
 
 def _loss_defaults() -> ml_collections.ConfigDict:
@@ -34,7 +41,7 @@ def _loss_defaults() -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
-  """The config of `variant` ('smoke' | 'demo' | 'paper')."""
+  """The config of `variant` ('smoke' | 'demo' | 'paper' | 'frames')."""
   config = ml_collections.ConfigDict()
   config.task = 'dfc'
   config.seed = 0
@@ -53,6 +60,9 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
       name='puppets', image_size=128, world_seed=0, num_train_characters=64, num_test_characters=16,
       num_support_characters=32, num_train_animations=48, num_test_animations=16, num_support_animations=24,
       frames_per_animation=32, support=True, workers=2))
+  # Video frames (data.name='frames'); unset paths are typed so that flags can set them.
+  config.data.update({k: ml_collections.FieldReference(v, field_type=str) if v is None else v
+                      for k, v in pose_data.FRAMES_DEFAULTS.items()})
   # Training-time evaluation on the puppet test splits; keypoint error maps learned keypoints to true joints with a
   # regressor fitted on calibration_samples renders of the train split.
   config.eval = ml_collections.ConfigDict(dict(
@@ -99,7 +109,7 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
     config.log_every = 50
     config.eval_every = 1000
     config.checkpoint_every = 500
-  elif variant == 'paper':
+  elif variant in ('paper', 'frames'):
     config.data.image_size = 128
     config.batch_size = 16
     config.num_steps = 100_000
@@ -107,6 +117,8 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
     config.eval_every = 5000
     config.checkpoint_every = 5000
     config.eval.num_samples = 512
+    if variant == 'frames':
+      config.data.update(name='frames', support=False)
   else:
-    raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo or paper.")
+    raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo, paper or frames.")
   return config

@@ -1,5 +1,6 @@
-"""DFC-Net as a training task (launch/task.py): dfc_jax's G + D step on the puppet pipelines of input_pipeline;
-and loading a trained generator back from a checkpoint (for launch.transfer and launch.evaluate_dfc)."""
+"""DFC-Net as a training task (launch/task.py): dfc_jax's G + D step on the pose-transfer pipelines of
+input_pipeline (puppets or video frames); and loading a trained generator back from a checkpoint (for
+launch.transfer and launch.evaluate_dfc)."""
 import dataclasses
 import os
 from typing import Any
@@ -42,16 +43,18 @@ def load_generator(checkpoint: str | os.PathLike, step: int | None = None):
 
 
 class DFCTask:
-  """Trains DFC-Net on puppets; evaluates SSIM, PSNR, LPIPS, silhouette IoU and keypoint error on the test splits.
+  """Trains DFC-Net on puppets or video frames; evaluates SSIM, PSNR and LPIPS on the test splits, and on puppets
+  also silhouette IoU and keypoint error.
 
   Evaluation metrics are named '{split}/{metric}'; the grid shows source | target | output | truth rows of the first
   split.
   """
 
   name = 'dfc'
-  # Checkpoints written before the equivariance prior existed trained without it.
-  added_field_defaults = {f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
-                          if f.name.startswith('equivariance')}
+  # Checkpoints written before the equivariance prior and video-frame training existed used neither.
+  added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
+                             if f.name.startswith('equivariance')},
+                          **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()}}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -94,10 +97,11 @@ class DFCTask:
     if self._evaluator is None:
       self._evaluator = dfc_evaluate.Evaluator(self.generator, batch_size=cfg.batch_size)
       self._eval_sets = {split: pose_data.make_eval_set(self.config.data, split, cfg.num_samples)
-                         for split in cfg.splits}
-      self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
+                         for split in pose_data.eval_splits(self.config.data, cfg.splits)}
+      if self.config.data.name == 'puppets':  # only renders have true joints
+        self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
     g_params = state.params['generator']
-    regressor = self._evaluator.joint_regressor(g_params, self._calibration)
+    regressor = None if self._calibration is None else self._evaluator.joint_regressor(g_params, self._calibration)
     results, grid = {}, None
     for split, eval_set in self._eval_sets.items():
       values, output = self._evaluator.evaluate(g_params, eval_set, regressor)
