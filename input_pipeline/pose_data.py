@@ -32,7 +32,7 @@ DATASETS = ('puppets', 'frames')
 FRAMES_TEST_SPLIT = 'test_frames'
 # The video-frames fields of a data config (ignored by puppets), with their defaults.
 FRAMES_DEFAULTS = {'frames_dir': None, 'test_frames_dir': None, 'support_frames_dir': None, 'crop': 'center',
-                   'holdout_fraction': 0.1}
+                   'holdout_fraction': 0.1, 'cache_frames': True}
 
 
 def make_world(data_config: ml_collections.ConfigDict) -> puppets.PuppetWorld:
@@ -105,7 +105,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
   elif data_config.name == 'frames':
     sample = video_frames.FrameTrainSample(frame_splits(data_config)[0], data_config.image_size,
                                            crop=video_frames.parse_crop(data_config.crop), seed=seed,
-                                           support_frames=_support_frames(data_config))
+                                           support_frames=_support_frames(data_config),
+                                           cache=data_config.cache_frames)
   else:
     raise errors.DataConfigError(f'DFC training data {data_config.name!r} is not supported; use one of '
                                  f'{DATASETS}')

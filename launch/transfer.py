@@ -4,7 +4,8 @@ r"""Pose transfer with a trained DFC-Net checkpoint: the target person in the so
   python -m launch.transfer --checkpoint=DIR/checkpoints --source=FRAMES_DIR --target=person.png --out=OUT_DIR
 
 With a folder as --source (e.g. the frames of a video), every frame is transferred and written to --out under its
-own name. Images are cropped (--crop) and resized to the model's training resolution; outputs are PNG at that size.
+own name. Images are cropped (--crop; by default as the model's training frames were) and resized to the model's
+training resolution; outputs are PNG at that size.
 """
 import functools
 import pathlib
@@ -32,9 +33,10 @@ def define_flags() -> None:
   flags.DEFINE_string('source', None, 'Pose image, or a folder of pose frames.')
   flags.DEFINE_string('target', None, 'Appearance image (the person to re-pose).')
   flags.DEFINE_string('out', None, 'Output PNG (single source) or output folder (folder source).')
-  flags.DEFINE_enum('crop', 'center', ['center', 'none'],
-                    "'center': central square of each image (person-centred frames); 'none': the whole image, "
-                    'stretched to a square.')
+  flags.DEFINE_string('crop', None,
+                      "'center': central square of each image (person-centred frames); 'none': the whole image, "
+                      "stretched to a square; 'top,left,height,width': that box (pixels). Default: the crop of the "
+                      "checkpoint's training frames ('center' for puppets).")
   flags.mark_flags_as_required(['checkpoint', 'source', 'target', 'out'])
 
 
@@ -82,8 +84,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    written = transfer_paths(FLAGS.checkpoint, FLAGS.source, FLAGS.target, FLAGS.out, step=FLAGS.step,
-                             crop=None if FLAGS.crop == 'none' else 'center')
+    crop = video_frames.parse_crop(FLAGS.crop or dfc_task.training_crop(FLAGS.checkpoint, FLAGS.step))
+    written = transfer_paths(FLAGS.checkpoint, FLAGS.source, FLAGS.target, FLAGS.out, step=FLAGS.step, crop=crop)
   except (FileNotFoundError, ValueError) as e:  # ImageReadError and DFCCheckpointError are ValueErrors
     sys.exit(f'Error: {e}')
   print(f'Wrote {len(written)} image(s): {written[0]}' + (' ...' if len(written) > 1 else ''))

@@ -212,6 +212,7 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   assert all(np.isfinite(v) for v in values.values())
   assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == results
   assert (tmp_path / 'eval' / 'test_unseen_characters.png').exists()
+  assert dfc_task.training_crop(ckpt) == 'center'
   with pytest.raises(ValueError, match='trained on puppets'):
     evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=[], num_samples=2, calibration_samples=8,
                                      grid_rows=2, test_frames_dir=str(frames))
@@ -222,7 +223,7 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
   config = dfc_config.get_config('smoke')
   # 10 frames: the last 2 are held out; support poses come from the 3 sample-data frames.
   config.data.update(name='frames', frames_dir=str(edn / 'train_img'), holdout_fraction=0.2, support=True,
-                     support_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
+                     support_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'), crop='0,128,512,512')
   config.update(num_steps=2, eval_every=2, checkpoint_every=2)
   trainer.train_and_evaluate(config, tmp_path / 'run')
   records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
@@ -242,6 +243,8 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
                                            test_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
   assert np.asarray(Image.open(tmp_path / 'other' / 'test_frames.png')).shape == (6 * size, 4 * size, 3)
   assert other['test_frames']['ssim'] != results['test_frames']['ssim']
+  # launch.transfer crops new frames as training did unless told otherwise.
+  assert dfc_task.training_crop(ckpt) == '0,128,512,512'
 
 
 def test_checkpoints_from_before_video_frames_and_equivariance_resume():

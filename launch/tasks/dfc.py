@@ -42,6 +42,13 @@ def load_generator(checkpoint: str | os.PathLike, step: int | None = None):
           int(model_config['image_size']))
 
 
+def training_crop(checkpoint: str | os.PathLike, step: int | None = None) -> str:
+  """How the checkpoint's training images were cropped ('center', 'none' or 'top,left,height,width'): its data.crop
+  for video frames, 'center' otherwise (puppet renders are square)."""
+  data = checkpoints.restore_config(checkpoint, step).get('experiment', {}).get('data', {})
+  return data.get('crop', 'center') if data.get('name') == 'frames' else 'center'
+
+
 class DFCTask:
   """Trains DFC-Net on puppets or video frames; evaluates SSIM, PSNR and LPIPS on the test splits, and on puppets
   also silhouette IoU and keypoint error.
