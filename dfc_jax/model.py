@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dfc_jax import transforms
+
 AMPLIFIERS = ('sharpen', 'gain', 'both', 'off')
 INJECTIONS = ('concat', 'spade')
 NORMS = ('instance', 'none')
@@ -31,6 +33,11 @@ def soft_argmax(logits: jax.Array) -> jax.Array:
   x = jnp.einsum('nwk,w->nk', probs.sum(axis=1), pixel_centres(w))
   y = jnp.einsum('nhk,h->nk', probs.sum(axis=2), pixel_centres(h))
   return jnp.stack([x, y], axis=-1)
+
+
+def coordinate_grid(h: int, w: int) -> jax.Array:
+  """[h,w,2] (x, y) coordinates of the pixel centres of an h x w grid."""
+  return jnp.stack(jnp.meshgrid(pixel_centres(w), pixel_centres(h)), axis=-1)
 
 
 def render_gaussians(keypoints: jax.Array, shape: tuple[int, int], sigma: float) -> jax.Array:
@@ -153,6 +160,50 @@ class Generator(nn.Module):
     return jnp.tanh(nn.Conv(3, (3, 3), dtype=self.dtype)(x).astype(jnp.float32))
 
 
+class KeypointMotion(nn.Module):
+  """Moves the appearance image's features into the pose (DFCNet.warp; not in the design).
+
+  Zero-order keypoint motion, as in Monkey-Net and the first-order motion model (Siarohin et al., CVPR 2019 and
+  NeurIPS 2019): near pose keypoint k, the output reads the appearance features at its own position moved by
+  (appearance keypoint k - pose keypoint k). Soft masks choose the keypoint at every location, with one more mask
+  for no motion (the background). A conv stack predicts them at 1/`scale` resolution from the Gaussian maps of the
+  pose keypoints and of the keypoint motion, and from the appearance image moved by each candidate; the masks are
+  resized to every feature scale.
+  """
+  num_keypoints: int
+  width: int = 64
+  depth: int = 4
+  scale: int = 4
+  # Wider than the generator's maps, so that every location on the body is near some keypoint's map.
+  sigma: float = 0.15
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pose_keypoints: jax.Array, appearance_keypoints: jax.Array, appearance: jax.Array,
+               features: Sequence[jax.Array]) -> list[jax.Array]:
+    n, h, w, c = appearance.shape
+    hs, ws = h // self.scale, w // self.scale
+    offsets = appearance_keypoints - pose_keypoints  # [N,K,2]: where each keypoint's neighbourhood reads from
+    grid = coordinate_grid(hs, ws)
+    small = jax.image.resize(appearance, (n, hs, ws, c), 'linear')
+    candidates = grid[None, None] + offsets[:, :, None, None, :]  # [N,K,hs,ws,2]
+    moved = jax.vmap(transforms.sample_at, in_axes=(None, 1), out_axes=3)(small, candidates)  # [N,hs,ws,K,C]
+    pose_maps = render_gaussians(pose_keypoints, (hs, ws), self.sigma)
+    x = jnp.concatenate([pose_maps, pose_maps - render_gaussians(appearance_keypoints, (hs, ws), self.sigma), small,
+                         moved.reshape(n, hs, ws, self.num_keypoints * c)], axis=-1)
+    for _ in range(self.depth):
+      x = ConvNormAct(self.width, normalize=False, dtype=self.dtype)(x)
+    masks = jax.nn.softmax(nn.Conv(self.num_keypoints + 1, (3, 3), dtype=self.dtype)(x).astype(jnp.float32))
+    warped = []
+    for f in features:
+      fh, fw = f.shape[1:3]
+      m = jax.image.resize(masks, (n, fh, fw, self.num_keypoints + 1), 'linear')
+      flow = coordinate_grid(fh, fw)[None] + jnp.einsum('nhwk,nkc->nhwc', m[..., 1:], offsets)
+      # Coordinates stay float32: in bfloat16 they would be off by up to a quarter pixel at 128x128.
+      warped.append(transforms.sample_at(f, flow).astype(f.dtype))
+    return warped
+
+
 class PoseCode(NamedTuple):
   logits: jax.Array     # [N,h,w,K] heatmap logits (after sharpening)
   keypoints: jax.Array  # [N,K,2] (x, y) in [-1, 1]
@@ -175,6 +226,9 @@ class DFCNet(nn.Module):
     static_levels: how many of the generator's coarsest scales take static skip features (None: all). Fine-scale
       static features carry the target's own silhouette, which the generator can copy instead of following the
       pose maps.
+    warp: not in the design. The static features are moved into the source's pose by the keypoints' motion from
+      the target to the source (KeypointMotion) before the generator takes them, so the generator no longer has
+      to learn to carry the target's appearance across the image.
   """
   num_keypoints: int = 16
   pose_widths: Sequence[int] = (32, 64, 128, 256)
@@ -186,6 +240,7 @@ class DFCNet(nn.Module):
   injection: str = 'concat'
   norm: str = 'instance'
   static_levels: int | None = None
+  warp: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -204,6 +259,8 @@ class DFCNet(nn.Module):
     self.generator = Generator(self.widths, self.injection, normalize, self.static_levels, dtype=self.dtype)
     if self.amplifier in ('gain', 'both'):
       self.gain = self.param('gain', nn.initializers.constant(self.gain_init), (self.num_keypoints,))
+    if self.warp:
+      self.motion = KeypointMotion(self.num_keypoints, dtype=self.dtype)
 
   def encode_pose(self, image: jax.Array) -> PoseCode:
     logits = self.pose_encoder(image)
@@ -225,12 +282,23 @@ class DFCNet(nn.Module):
       maps.append(m)
     return maps
 
-  def decode(self, keypoints: jax.Array, static: Sequence[jax.Array]) -> jax.Array:
+  def decode(self, keypoints: jax.Array, static: Sequence[jax.Array], appearance_keypoints: jax.Array | None = None,
+             appearance: jax.Array | None = None) -> jax.Array:
+    """The image with `static`'s appearance in the pose of `keypoints`. With warp, also needs the image the static
+    features came from (`appearance`) and its keypoints."""
+    if self.warp:
+      if appearance_keypoints is None or appearance is None:
+        raise ValueError('DFCNet(warp=True).decode needs the appearance image and its keypoints')
+      static = self.motion(keypoints, appearance_keypoints, appearance, static)
     return self.generator(static, self.pose_maps(keypoints, static[0].shape[1:3]))
 
   def __call__(self, source: jax.Array, target: jax.Array) -> jax.Array:
     """The target's appearance in the source's pose, [N,H,W,3] in [-1, 1]."""
-    return self.decode(self.encode_pose(source).keypoints, self.encode_static(target))
+    if not self.warp:
+      return self.decode(self.encode_pose(source).keypoints, self.encode_static(target))
+    keypoints = self.encode_pose(jnp.concatenate([source, target])).keypoints
+    n = source.shape[0]
+    return self.decode(keypoints[:n], self.encode_static(target), keypoints[n:], target)
 
 
 class PatchDiscriminator(nn.Module):

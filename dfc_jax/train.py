@@ -102,7 +102,10 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
     pose_inputs.append(transforms.warp_images(source, transform))
   keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate(pose_inputs)).keypoints
   static = apply(model_lib.DFCNet.encode_static, target)
-  both = apply(model_lib.DFCNet.decode, keypoints[:2 * n], [jnp.concatenate([f, f]) for f in static])
+  # Transfers take the sources' keypoints, self-reconstructions the targets' own; with warp, both move the target.
+  target_keypoints = keypoints[n:2 * n]
+  both = apply(model_lib.DFCNet.decode, keypoints[:2 * n], [jnp.concatenate([f, f]) for f in static],
+               jnp.concatenate([target_keypoints, target_keypoints]), jnp.concatenate([target, target]))
   output, reconstruction = both[:n], both[n:]
 
   d_fake = discriminator.apply({'params': d_params}, output, target)

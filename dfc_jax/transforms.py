@@ -1,14 +1,18 @@
-"""Random similarity transforms of images and of keypoints, for the keypoint equivariance prior (losses.LossConfig).
+"""Warps of images and keypoints in the [-1, 1] pixel-centre coordinates of dfc_jax.model.
 
-A transform maps a point p (x, y) in the [-1, 1] pixel-centre coordinates of dfc_jax.model to scale * R(angle) p +
-shift. warp_images moves image content by it; transform_points moves keypoints by it, so a pose encoder that tracks
-the content satisfies E_p(warp_images(x, T)) = transform_points(E_p(x), T).
+Random similarity transforms, for the keypoint equivariance prior (losses.LossConfig): a transform maps a point
+p (x, y) to scale * R(angle) p + shift. warp_images moves image content by it; transform_points moves keypoints by
+it, so a pose encoder that tracks the content satisfies E_p(warp_images(x, T)) = transform_points(E_p(x), T).
+
+sample_at reads images at arbitrary coordinates (a backward warp by a dense flow, for the keypoint motion of
+model.KeypointMotion).
 """
 from typing import NamedTuple
 
 import dm_pix
 import jax
 import jax.numpy as jnp
+from jax.scipy import ndimage
 
 
 class Similarity(NamedTuple):
@@ -49,3 +53,16 @@ def warp_images(images: jax.Array, transform: Similarity) -> jax.Array:
 
   pulls = jax.vmap(pull_matrix)(transform.matrix, transform.shift)
   return jax.vmap(lambda image, pull: dm_pix.affine_transform(image, pull, mode='nearest'))(images, pulls)
+
+
+def sample_at(images: jax.Array, coordinates: jax.Array) -> jax.Array:
+  """images [N,h,w,C] read at coordinates [N,H,W,2] (x, y) -> [N,H,W,C]; bilinear, edges extended outwards.
+
+  Differentiable in both the images and the coordinates.
+  """
+  _, h, w, _ = images.shape
+  rows = (coordinates[..., 1] + 1.0) * (h / 2) - 0.5
+  columns = (coordinates[..., 0] + 1.0) * (w / 2) - 0.5
+  channel = lambda image, r, c: ndimage.map_coordinates(image, [r, c], order=1, mode='nearest')  # noqa: E731
+  per_image = jax.vmap(channel, in_axes=(2, None, None), out_axes=-1)
+  return jax.vmap(per_image)(images, rows, columns)

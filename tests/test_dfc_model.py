@@ -97,6 +97,32 @@ def test_generator_and_discriminator_shapes():
   assert len(outputs) == 2 and outputs[0][-1].shape[-1] == 1 and outputs[1][-1].shape[1] < outputs[0][-1].shape[1]
 
 
+def test_keypoint_motion_reads_the_appearance_where_its_keypoints_moved():
+  motion = model_lib.KeypointMotion(num_keypoints=3, width=8, depth=1)
+  appearance = jnp.asarray(_RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  features = [jnp.asarray(_RNG.normal(size=(2, 16, 16, 4)), jnp.float32),
+              jnp.asarray(_RNG.normal(size=(2, 8, 8, 5)), jnp.float32)]
+  pose = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  params = motion.init(_KEY, pose, pose, appearance, features)['params']
+  # Keypoints that did not move: the features come back unchanged, whatever the masks.
+  for still, f in zip(motion.apply({'params': params}, pose, pose, appearance, features), features):
+    np.testing.assert_allclose(still, f, atol=1e-5)
+  # Masks forced off the background (mask 0) and every appearance keypoint 0.25 (2 pixels of 16, 1 of 8) to the
+  # right of its pose keypoint: the output at z reads the appearance features at z + 0.25, edges extended.
+  params['Conv_0'] = {'kernel': jnp.zeros_like(params['Conv_0']['kernel']), 'bias': jnp.array([-30.0, 0, 0, 0])}
+  moved = motion.apply({'params': params}, pose, pose + jnp.array([0.25, 0.0]), appearance, features)
+  for (out, f), pixels in zip(zip(moved, features), (2, 1)):
+    np.testing.assert_allclose(out[:, :, :-pixels], f[:, :, pixels:], atol=1e-5)
+    np.testing.assert_allclose(out[:, :, -1], f[:, :, -1], atol=1e-5)
+  net = model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4, 4), widths=(4, 4, 4), warp=True)
+  output, variables = net.init_with_output(_KEY, appearance, appearance)
+  assert output.shape == (2, 16, 16, 3) and 'motion' in variables['params']
+  code = net.apply(variables, appearance, method=model_lib.DFCNet.encode_pose)
+  static = net.apply(variables, appearance, method=model_lib.DFCNet.encode_static)
+  with pytest.raises(ValueError, match='needs the appearance image and its keypoints'):
+    net.apply(variables, code.keypoints, static, method=model_lib.DFCNet.decode)
+
+
 def test_instance_norm_erases_intensity_and_norm_none_keeps_it():
   # A target and a dimmer copy of it (x / 2): bias-free convs and instance norm make the static features, hence the
   # output, blind to such a change of the target's colours (what made the demo output washed-out blobs); with

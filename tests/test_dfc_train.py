@@ -41,10 +41,12 @@ def test_step_on_eight_devices_equals_one_device():
   # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in ~zero gradients into lr-sized
   # differences.
   tx = optax.sgd(0.1)
-  state = dfc_train.create_train_state(jax.random.PRNGKey(0), _GENERATOR, _DISCRIMINATOR, tx, tx, (1, 16, 16, 3))
-  # With the equivariance prior, so that its random transforms are checked to be the same under sharding too.
+  # With the keypoint warp and the equivariance prior, so that both are checked under sharding too (the smoke run
+  # below trains without them).
+  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True)
+  state = dfc_train.create_train_state(jax.random.PRNGKey(0), generator, _DISCRIMINATOR, tx, tx, (1, 16, 16, 3))
   config = losses.LossConfig(vgg_layers=1, equivariance=1.0)
-  step = functools.partial(dfc_train.train_step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config,
+  step = functools.partial(dfc_train.train_step, generator=generator, discriminator=_DISCRIMINATOR, config=config,
                            vgg_params=losses.vgg16_params(1), key=_KEY)
   batch = _batch(8)
   results = []

@@ -13,6 +13,8 @@ Variants:
          LPIPS) unless --config.data.test_frames_dir gives separate ones; --config.data.crop is 'center' (the
          central square), 'none' or 'top,left,height,width'. Support data: --config.data.support=True
          --config.data.support_frames_dir=OTHER_PEOPLE (their poses, this person's appearance, no ground truth).
+         Training frames are decoded once and cached in memory, 8-bit at the training size
+         (--config.data.cache_frames=False: decode every time).
          Any variant trains on frames with --config.data.name=frames and the same fields.
 
 Ablations of the paper's three claims are overrides of any variant. At the demo's 2000 steps each ablated model
@@ -22,9 +24,13 @@ longer runs, e.g. the paper variant on an accelerator:
   without the keypoint amplifier: --config.model.amplifier=off
   without support data: --config.data.support=False
 
-Not in the design, off in every variant: a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the
-keypoints of a randomly rotated, scaled and shifted source must be the source's keypoints moved the same way;
-transform ranges in config.loss.equivariance_*).
+Not in the design, off in every variant:
+  a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the keypoints of a randomly rotated, scaled and
+    shifted source must be the source's keypoints moved the same way; transform ranges in
+    config.loss.equivariance_*);
+  a keypoint warp, --config.model.warp=True: the target's static features are moved into the source's pose by the
+    keypoints' motion before the generator takes them (model.KeypointMotion), so that the generator does not have
+    to learn to carry the appearance across the image.
 """
 import dataclasses
 
@@ -50,7 +56,7 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
       sharpen_factor=4.0, gain_init=10.0, sigma=0.1, injection='concat',
       # Instance norm in the static encoder and generator erases the target's colours (outputs were washed-out
       # blobs); see DFCNet.norm. static_levels None: static skips at every scale.
-      norm='none', static_levels=ml_collections.FieldReference(None, field_type=int)))
+      norm='none', static_levels=ml_collections.FieldReference(None, field_type=int), warp=False))
   config.discriminator = ml_collections.ConfigDict(dict(num_scales=2, width=64, num_layers=3))
   config.loss = _loss_defaults()
   # The discriminator's rate is d_learning_rate_ratio x learning_rate (the generator's).

@@ -58,10 +58,11 @@ class DFCTask:
   """
 
   name = 'dfc'
-  # Checkpoints written before the equivariance prior and video-frame training existed used neither.
+  # Checkpoints written before the equivariance prior, video-frame training and the keypoint warp existed used none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith('equivariance')},
-                          **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()}}
+                          **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
+                          'model.warp': False}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
