@@ -14,13 +14,11 @@ import sys
 
 from absl import app
 from absl import flags
-import ml_collections
 from PIL import Image
 
 from dfc_jax import evaluate as dfc_evaluate
 from input_pipeline import pose_data
 from input_pipeline import puppets
-from launch import checkpoints
 from launch.tasks import dfc as dfc_task
 
 FLAGS = flags.FLAGS
@@ -43,16 +41,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['checkpoint', 'out'])
 
 
-def data_config_of(checkpoint, step: int | None = None) -> ml_collections.ConfigDict:
-  """The data config a DFC-Net training checkpoint was trained with."""
-  config = checkpoints.restore_config(checkpoint, step)
-  experiment = config.get('experiment')
-  if config.get('model') != 'dfc' or not experiment or 'data' not in experiment:
-    raise dfc_task.DFCCheckpointError(
-        f'{checkpoint}: not a DFC-Net training checkpoint (needs its experiment config)')
-  return ml_collections.ConfigDict(experiment['data'])
-
-
 def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
                         step: int | None = None, sample_seed: int = 0,
                         test_frames_dir: str | None = None) -> dict[str, dict[str, float]]:
@@ -61,7 +49,7 @@ def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibratio
   `splits` are puppet splits; a video-frames checkpoint is evaluated on its one test split (its held-out frames, or
   `test_frames_dir`).
   """
-  data_config = data_config_of(checkpoint, step)
+  data_config = dfc_task.training_data_config(checkpoint, step)
   if data_config.name == 'puppets':
     if test_frames_dir:
       raise ValueError(f'{checkpoint}: --test_frames_dir applies to checkpoints trained on video frames; this one '

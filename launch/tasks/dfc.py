@@ -42,11 +42,20 @@ def load_generator(checkpoint: str | os.PathLike, step: int | None = None):
           int(model_config['image_size']))
 
 
+def training_data_config(checkpoint: str | os.PathLike, step: int | None = None) -> ml_collections.ConfigDict:
+  """The data config a DFC-Net training checkpoint was trained with."""
+  config = checkpoints.restore_config(checkpoint, step)
+  experiment = config.get('experiment')
+  if config.get('model') != 'dfc' or not experiment or 'data' not in experiment:
+    raise DFCCheckpointError(f'{checkpoint}: not a DFC-Net training checkpoint (needs its experiment config)')
+  return ml_collections.ConfigDict(experiment['data'])
+
+
 def training_crop(checkpoint: str | os.PathLike, step: int | None = None) -> str:
   """How the checkpoint's training images were cropped ('center', 'none' or 'top,left,height,width'): its data.crop
   for video frames, 'center' otherwise (puppet renders are square)."""
-  data = checkpoints.restore_config(checkpoint, step).get('experiment', {}).get('data', {})
-  return data.get('crop', 'center') if data.get('name') == 'frames' else 'center'
+  data = training_data_config(checkpoint, step)
+  return data.get('crop', 'center') if data.name == 'frames' else 'center'
 
 
 class DFCTask:
