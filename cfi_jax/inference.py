@@ -1,12 +1,13 @@
 """Inference helpers shared by the fuse and evaluation binaries and training-time evaluation."""
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cfi_jax import bucketed
 from cfi_jax.model import ISFuse
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -39,5 +40,49 @@ def fuse_luma(model: ISFuse, variables: Mapping[str, Any], vis_y: np.ndarray, ir
   ir = np.asarray(ir, np.float32)
   if vis_y.ndim != 2 or vis_y.shape != ir.shape:
     raise ValueError(f'expected two HxW images of the same shape, got vis {vis_y.shape} and ir {ir.shape}')
+  bucketed.check_size(*vis_y.shape)
   fused = _fuse(model, variables, vis_y[None, :, :, None], ir[None, :, :, None])
   return np.asarray(fused[0, :, :, 0])
+
+
+_fuse_padded = jax.jit(bucketed.forward, static_argnums=0)
+
+DEFAULT_BUCKET_MULTIPLE = 64
+
+
+class BucketedFuser:
+  """Fuses images of any size with one compiled program per bucket shape (sizes rounded up to `multiple`).
+
+  Exact: outputs equal fuse_luma's (unpadded, per-size compiled) to float32 round-off; see cfi_jax/bucketed.py.
+  BatchNorm is folded once at construction (eval mode).
+  """
+
+  def __init__(self, model: ISFuse, variables: Mapping[str, Any], multiple: int = DEFAULT_BUCKET_MULTIPLE):
+    bucketed.bucket_shape(1, 1, multiple)  # Validates the multiple.
+    self.model = model
+    self.multiple = multiple
+    self.folded = bucketed.fold_batchnorm(variables)
+
+  def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Fuses (vis_y, ir) pairs of float HxW images in [0,1] that share one bucket; returns float32 HxW outputs."""
+    shapes = [np.shape(vis_y) for vis_y, _ in pairs]
+    for vis_y, ir in pairs:
+      if np.ndim(vis_y) != 2 or np.shape(vis_y) != np.shape(ir):
+        raise ValueError(f'expected two HxW images of the same shape, got vis {np.shape(vis_y)} and ir '
+                         f'{np.shape(ir)}')
+      bucketed.check_size(*np.shape(vis_y))
+    buckets = {bucketed.bucket_shape(h, w, self.multiple) for h, w in shapes}
+    if len(buckets) != 1:
+      raise ValueError(f'pairs of sizes {shapes} fall into different buckets {sorted(buckets)}')
+    height, width = buckets.pop()
+    vis = np.zeros((len(pairs), height, width, 1), np.float32)
+    ir = np.zeros_like(vis)
+    for i, ((h, w), (vis_y, ir_i)) in enumerate(zip(shapes, pairs)):
+      vis[i, :h, :w, 0] = vis_y
+      ir[i, :h, :w, 0] = ir_i
+    fused = np.asarray(_fuse_padded(self.model, self.folded, vis, ir, np.asarray(shapes, np.int32)))
+    return [fused[i, :h, :w, 0] for i, (h, w) in enumerate(shapes)]
+
+  def fuse(self, vis_y: np.ndarray, ir: np.ndarray) -> np.ndarray:
+    """fuse_luma's result for one pair, compiled once per bucket instead of once per size."""
+    return self.fuse_batch([(np.asarray(vis_y, np.float32), np.asarray(ir, np.float32))])[0]

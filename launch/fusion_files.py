@@ -10,6 +10,7 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from cfi_jax import bucketed
 from cfi_jax import inference
 from cfi_jax.model import ISFuse
 from input_pipeline import images
@@ -45,11 +46,20 @@ def load_pair(ir_path: pathlib.Path, vis_path: pathlib.Path,
   return ir, vis_y, crcb
 
 
+def _fuse_file(fuser: inference.BucketedFuser, ir_path: pathlib.Path, vis_path: pathlib.Path,
+               out_path: pathlib.Path, resize_to: str | None) -> None:
+  ir, vis_y, crcb = load_pair(ir_path, vis_path, resize_to)
+  try:
+    fused = fuser.fuse(vis_y, ir)
+  except bucketed.ImageTooSmallError as e:
+    raise PairError(f'{ir_path} / {vis_path}: {e}') from e
+  images.save_fused(out_path, fused, crcb)
+
+
 def fuse_file(model: ISFuse, variables: Mapping[str, Any], ir_path: pathlib.Path, vis_path: pathlib.Path,
               out_path: pathlib.Path, resize_to: str | None) -> None:
   """Fuses one pair of image files and writes the result (colour when the visible image is colour)."""
-  ir, vis_y, crcb = load_pair(ir_path, vis_path, resize_to)
-  images.save_fused(out_path, inference.fuse_luma(model, variables, vis_y, ir), crcb)
+  _fuse_file(inference.BucketedFuser(model, variables), ir_path, vis_path, out_path, resize_to)
 
 
 def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_dir: str, out_dir: str,
@@ -58,9 +68,11 @@ def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_di
   pairs = images.find_pairs(ir_dir, vis_dir)
   out_dir = pathlib.Path(out_dir)
   skipped = []
+  # One compiled program per bucket of sizes, so a folder of many sizes compiles a few times, not once per size.
+  fuser = inference.BucketedFuser(model, variables)
   for pair in tqdm.tqdm(pairs, desc='fusing', unit='pair'):
     try:
-      fuse_file(model, variables, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)
+      _fuse_file(fuser, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)
     except PairError as e:
       if not skip_bad:
         raise

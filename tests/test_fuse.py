@@ -187,3 +187,17 @@ def test_fuse_with_imported_release_weights(release_state_dict, shared_dir, tmp_
   expected = images.quantize(np.load(shared_dir / 'isfuse_reference' / 'outputs' / '1.npy')).astype(int)
   assert out.shape == expected.shape
   assert np.abs(out - expected).max() <= 1 and np.mean(out != expected) < 1e-3
+
+
+def test_too_small_pair_is_named_and_skipped(tiny, tmp_path, caplog):
+  _write(tmp_path / 'ir' / 'small.png', _gray(size=(3, 3)))
+  _write(tmp_path / 'vis' / 'small.png', _gray(size=(3, 3)))
+  _write(tmp_path / 'ir' / 'ok.png', _gray(seed=1))
+  _write(tmp_path / 'vis' / 'ok.png', _gray(seed=2))
+  dirs = {'ir_dir': tmp_path / 'ir', 'vis_dir': tmp_path / 'vis', 'out_dir': tmp_path / 'out'}
+  with pytest.raises(SystemExit, match=r'small\.png.*3x3 \(WxH\); ISFuse needs at least 4x4'):
+    _run(tiny[0], **dirs)
+  with caplog.at_level(logging.WARNING):
+    _run(tiny[0], skip_bad=True, **dirs)
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['ok.png']
+  assert 'Skipped 1 pair(s)' in caplog.text and 'small: ' in caplog.text and 'at least 4x4' in caplog.text

@@ -1,0 +1,151 @@
+"""Exact ISFuse inference on padded batches: one compiled program per bucket shape instead of one per image size.
+
+Each image is placed in the top-left corner of a zero-filled bucket (H and W rounded up) and its true size travels
+as an array, so a new size inside a known bucket compiles nothing. Every size-dependent step of the network is kept
+exact on the true extent: the padded region is zeroed after every 3x3 layer (so the next conv sees the zero padding
+at the true border), max-pooling floors odd sizes (scale s has the true size h >> s), the CFI's adaptive average
+pooling and the decoder's bilinear upsampling use weights built for the true sizes. Cropping the output gives the
+unpadded network's result (to float32 round-off).
+
+Inference only: BatchNorm is folded into the preceding convolution (running statistics, as in eval mode).
+"""
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from cfi_jax import model as model_lib
+from cfi_jax import ops
+
+NUM_POOLS = 2  # Two 2x max-pools: an image needs at least 2**NUM_POOLS pixels per side.
+MIN_SIZE = 2 ** NUM_POOLS
+
+
+class ImageTooSmallError(ValueError):
+  """An image is smaller than the network's minimum side length (the message names the size and the minimum)."""
+
+
+def check_size(height: int, width: int, what: str = 'image') -> None:
+  """Raises ImageTooSmallError for sizes the network cannot take (a side below MIN_SIZE)."""
+  if min(height, width) < MIN_SIZE:
+    raise ImageTooSmallError(f'{what} is {width}x{height} (WxH); ISFuse needs at least {MIN_SIZE}x{MIN_SIZE}, '
+                             f'since two 2x max-pools must leave one pixel')
+
+
+def bucket_shape(height: int, width: int, multiple: int) -> tuple[int, int]:
+  """(H, W) rounded up to `multiple` (a multiple of 2**NUM_POOLS, so that pooling the bucket stays aligned)."""
+  if multiple <= 0 or multiple % MIN_SIZE:
+    raise ValueError(f'bucket multiple must be a positive multiple of {MIN_SIZE}, got {multiple}')
+  return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def _fold(conv: Mapping[str, Any], bn: Mapping[str, Any] | None, stats: Mapping[str, Any] | None) -> dict:
+  """Conv (+ eval-mode BatchNorm) as one conv: kernel * s and (bias - mean) * s + beta, s = gamma / sqrt(var+eps)."""
+  kernel = np.asarray(conv['kernel'], np.float64)
+  bias = np.asarray(conv['bias'], np.float64)
+  if bn is not None:
+    eps = model_lib._BN_EPSILON  # pylint: disable=protected-access
+    s = np.asarray(bn['scale'], np.float64) / np.sqrt(np.asarray(stats['var'], np.float64) + eps)
+    kernel = kernel * s
+    bias = (bias - np.asarray(stats['mean'], np.float64)) * s + np.asarray(bn['bias'], np.float64)
+  return {'kernel': jnp.asarray(kernel, jnp.float32), 'bias': jnp.asarray(bias, jnp.float32)}
+
+
+def fold_batchnorm(variables: Mapping[str, Any]) -> dict:
+  """The ISFuse parameter tree with every ConvBN's BatchNorm folded into its conv (nested dicts of {kernel, bias})."""
+  def walk(params, stats):
+    if 'conv' in params and 'bn' in params:
+      return _fold(params['conv'], params['bn'], stats['bn'])
+    if 'kernel' in params:
+      return _fold(params, None, None)
+    return {k: walk(v, stats.get(k, {}) if stats else {}) for k, v in params.items()}
+  return walk(variables['params'], variables.get('batch_stats', {}))
+
+
+def _conv(x: jax.Array, p: Mapping[str, jax.Array], dtype) -> jax.Array:
+  kernel = p['kernel'].astype(dtype)
+  pad = kernel.shape[0] // 2
+  y = lax.conv_general_dilated(x.astype(dtype), kernel, (1, 1), ((pad, pad), (pad, pad)),
+                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + p['bias'].astype(dtype)
+
+
+def _leaky_relu(x: jax.Array) -> jax.Array:
+  return jax.nn.leaky_relu(x, model_lib._NEGATIVE_SLOPE)  # pylint: disable=protected-access
+
+
+def _max_pool2(x: jax.Array) -> jax.Array:
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+
+
+class _Scale:
+  """True sizes and the padded-region mask of one scale."""
+
+  def __init__(self, sizes: jax.Array, level: int, padded: tuple[int, int], dtype):
+    self.h, self.w = sizes[:, 0] >> level, sizes[:, 1] >> level
+    self.padded = padded
+    self.mask = ops.true_extent_mask(self.h, self.w, padded).astype(dtype)
+
+
+def forward(model: model_lib.ISFuse, folded: Mapping[str, Any], vis: jax.Array, ir: jax.Array,
+            sizes: jax.Array) -> jax.Array:
+  """Fused [N,H,W,1] of padded [N,H,W,1] inputs (zero outside each image) with true sizes [N, 2] = (h, w).
+
+  H and W must be multiples of 2**NUM_POOLS. Values outside each true extent are meaningless (crop them).
+  """
+  dtype = model.dtype
+  padded = vis.shape[1:3]
+  scales = [_Scale(sizes, level, (padded[0] >> level, padded[1] >> level), dtype) for level in range(NUM_POOLS + 1)]
+
+  def conv_bn(x, p, scale):
+    return _leaky_relu(_conv(x, p, dtype)) * scale.mask
+
+  def double_conv(x, p, scale):
+    return conv_bn(conv_bn(x, p['block0'], scale), p['block1'], scale)
+
+  def encoder(x, p):
+    f1 = double_conv(x, p['stage1'], scales[0])
+    f2 = double_conv(_max_pool2(f1) * scales[1].mask, p['stage2'], scales[1])
+    f3 = double_conv(_max_pool2(f2) * scales[2].mask, p['stage3'], scales[2])
+    return f1, f2, f3
+
+  def attention(query, keys, values):
+    n, _, _, c = query.shape
+    logits = jnp.einsum('nhwc,nkc->nhwk', query, keys.reshape(n, -1, c)) / math.sqrt(c)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
+    return jnp.einsum('nhwk,nkc->nhwc', weights, values.reshape(n, -1, c))
+
+  def cfi(f_vis, f_ir, p, scale):
+    local = f_vis + f_ir
+    if model.use_cfi:
+      pool = lambda f: ops.adaptive_avg_pool_padded(f, scale.h, scale.w, (model.pool_size, model.pool_size))
+      pooled_ir, pooled_vis = pool(f_ir), pool(f_vis)
+      complementary = (attention(_conv(f_vis, p['q_v'], dtype), _conv(pooled_ir, p['k_i'], dtype),
+                                 _conv(pooled_ir, p['v_i'], dtype))
+                       + attention(_conv(f_ir, p['q_i'], dtype), _conv(pooled_vis, p['k_v'], dtype),
+                                   _conv(pooled_vis, p['v_v'], dtype))) * scale.mask
+      # The gate's own padded values only reach 1x1 layers and multiply zeros, so it needs no mask.
+      g = _conv(_leaky_relu(_conv(complementary, p['gate'], dtype)), p['gate_out'], dtype)
+      gate = jax.nn.sigmoid(g.astype(jnp.float32)).astype(dtype)
+      mixed = gate * complementary + (1 - gate) * local
+    else:
+      mixed = local
+    return conv_bn(mixed, p['refine'], scale)
+
+  def upsample(x, src, dst):
+    return ops.resize_bilinear_padded(x, src.h, src.w, dst.h, dst.w, dst.padded).astype(dtype) * dst.mask
+
+  i1, i2, i3 = encoder(ir.astype(dtype), folded['encoder_ir'])
+  v1, v2, v3 = encoder(vis.astype(dtype), folded['encoder_vis'])
+  x3 = cfi(v3, i3, folded['cfi3'], scales[2])
+  c4 = cfi(v2, i2, folded['cfi4'], scales[1])
+  x4 = double_conv(upsample(x3, scales[2], scales[1]) + c4, folded['adjust4'], scales[1])
+  c5 = cfi(v1, i1, folded['cfi5'], scales[0])
+  x5 = double_conv(upsample(x4, scales[1], scales[0]) + c5, folded['adjust5'], scales[0])
+  return jax.nn.sigmoid(_conv(x5, folded['final'], dtype).astype(jnp.float32))
+
+

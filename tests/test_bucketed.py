@@ -1,0 +1,79 @@
+"""Bucketed (padded, one program per bucket) ISFuse inference equals the unpadded network; too-small images."""
+import jax
+import numpy as np
+import pytest
+
+from cfi_jax import bucketed
+from cfi_jax import inference
+from cfi_jax.model import ISFuse
+from isfuse_test_utils import random_variables
+
+
+@jax.jit
+def _unpadded(variables, vis, ir):
+  return ISFuse(features=8).apply(variables, vis, ir, train=False).fused
+
+
+def _pair(size, seed):
+  rng = np.random.default_rng(seed)
+  return rng.random(size, np.float32), rng.random(size, np.float32)
+
+
+def test_bucketed_batch_equals_unpadded_network():
+  variables = random_variables(ISFuse(features=8), seed=3)
+  # Odd sizes (max-pool floors), sizes below the 8x8 CFI pooling, the minimum, and one filling its bucket.
+  sizes = [(37, 53), (20, 12), (4, 4), (64, 33)]
+  pairs = [_pair(s, i) for i, s in enumerate(sizes)]
+  fused = inference.BucketedFuser(ISFuse(features=8), variables, multiple=64).fuse_batch(pairs)
+  for (vis, ir), out in zip(pairs, fused):
+    expected = np.asarray(_unpadded(variables, vis[None, :, :, None], ir[None, :, :, None])[0, :, :, 0])
+    assert out.shape == vis.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_bucketed_without_cfi_equals_unpadded_network():
+  model = ISFuse(features=8, use_cfi=False)
+  variables = random_variables(model, seed=4)
+  vis, ir = _pair((21, 30), seed=5)
+  out = inference.BucketedFuser(model, variables, multiple=32).fuse(vis, ir)
+  expected = model.apply(variables, vis[None, :, :, None], ir[None, :, :, None], train=False).fused[0, :, :, 0]
+  np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_batchnorm_folding_is_the_eval_mode_affine_map():
+  variables = random_variables(ISFuse(features=8), seed=6)
+  folded = bucketed.fold_batchnorm(variables)
+  conv = variables['params']['encoder_ir']['stage1']['block0']['conv']
+  bn = variables['params']['encoder_ir']['stage1']['block0']['bn']
+  stats = variables['batch_stats']['encoder_ir']['stage1']['block0']['bn']
+  x = np.random.default_rng(7).random((1, 9, 9, 1), np.float32)
+  unfolded = jax.lax.conv_general_dilated(x, conv['kernel'], (1, 1), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + conv['bias']
+  unfolded = (unfolded - stats['mean']) / np.sqrt(stats['var'] + 1e-5) * bn['scale'] + bn['bias']
+  p = folded['encoder_ir']['stage1']['block0']
+  refolded = jax.lax.conv_general_dilated(x, p['kernel'], (1, 1), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + p['bias']
+  np.testing.assert_allclose(refolded, unfolded, atol=1e-5)
+  assert set(folded['cfi3']) >= {'q_v', 'gate', 'gate_out', 'refine'} and 'bn' not in folded['cfi3']['gate']
+
+
+def test_bucket_shapes():
+  assert bucketed.bucket_shape(211, 447, 64) == (256, 448)
+  assert bucketed.bucket_shape(256, 256, 64) == (256, 256)
+  with pytest.raises(ValueError, match='multiple of 4'):
+    bucketed.bucket_shape(10, 10, 30)
+  fuser = inference.BucketedFuser(ISFuse(features=8), random_variables(ISFuse(features=8)), multiple=32)
+  with pytest.raises(ValueError, match='different buckets'):
+    fuser.fuse_batch([_pair((20, 20), 0), _pair((40, 20), 1)])
+
+
+@pytest.mark.parametrize('size', [(3, 3), (3, 40)])
+def test_too_small_images_are_refused_with_the_minimum(size):
+  model = ISFuse(features=8)
+  variables = random_variables(model)
+  vis, ir = _pair(size, 0)
+  message = rf'{size[1]}x{size[0]} \(WxH\); ISFuse needs at least 4x4'
+  with pytest.raises(bucketed.ImageTooSmallError, match=message):
+    inference.BucketedFuser(model, variables).fuse(vis, ir)
+  with pytest.raises(bucketed.ImageTooSmallError, match=message):
+    inference.fuse_luma(model, variables, vis, ir)
