@@ -30,6 +30,7 @@ from cfi_jax import metrics_report
 from cfi_jax import visualize
 from input_pipeline import images
 from launch import checkpoints
+from launch import compile_cache
 from launch import fusion_files
 from launch import fusion_flags
 
@@ -193,6 +194,7 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  compile_cache.enable()
   if bool(fusion_flags.CHECKPOINT.value) == bool(_FUSED_DIR.value):
     raise app.UsageError('give exactly one of --checkpoint and --fused_dir')
   missing = [f'--{f.name}' for f in (fusion_flags.IR_DIR, fusion_flags.VIS_DIR, _OUTPUT_DIR) if not f.value]

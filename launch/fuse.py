@@ -15,6 +15,7 @@ from absl import logging
 
 from cfi_jax import inference
 from launch import checkpoints
+from launch import compile_cache
 from launch import fusion_files
 from launch import fusion_flags
 
@@ -27,6 +28,7 @@ _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Folder mode: output folder (cre
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  compile_cache.enable()
   single = (_IR.value, _VIS.value, _OUT.value)
   folder = (fusion_flags.IR_DIR.value, fusion_flags.VIS_DIR.value, _OUT_DIR.value)
   if not fusion_flags.CHECKPOINT.value:

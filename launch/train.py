@@ -16,6 +16,7 @@ import jax
 from ml_collections import config_flags
 
 from input_pipeline import errors
+from launch import compile_cache
 from launch import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. launch/configs/cfi.py:demo.",
@@ -48,6 +49,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  compile_cache.enable()  # A resumed run skips the train step's compilation.
   _initialize_distributed()
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

@@ -10,6 +10,8 @@ import pytest
 jax.config.update("jax_num_cpu_devices", 8)
 # grain workers and absl-based modules read flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()
+# The binaries turn on the persistent compilation cache; tests that run them must not write to the user's cache.
+os.environ.setdefault("CFI_DFC_JAX_CACHE", "off")
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("CFI_SHARED_DIR", REPO_ROOT.parent / "shared"))
