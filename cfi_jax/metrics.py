@@ -11,11 +11,13 @@ reproduces one public evaluator:
 * 'cddfuse': the CDDFuse Python evaluator (also DDFM/EMMA/FILM): MI in nats, AG as a plain mean, PSNR with the
   peak max(F), SSIM summed over the sources with skimage 0.19's 7x7 window and data_range = 2.
 
-The metric functions are pure JAX on float arrays of gray values in 0..255 with shape [..., H, W] (a leading batch
-of same-size images) and return one value per image. They compute in the dtype of their input; `compute_metrics`
-runs them in float64 by default (inside a local `jax.enable_x64` context), because SSIM's stabilising constants are
-far below float32 round-off of 0..255 second moments. `dialect_metrics` is jitted per (shape, dialect): a new
-image size costs one compilation (seconds on CPU), so batch same-size images through `compute_metrics_batch`.
+The metric functions take float arrays of gray values in 0..255 with shape [..., H, W] (a leading batch of
+same-size images) and return one value per image, computed in the dtype of their input with the array library of
+their input: numpy arrays run on the host (numpy/scipy), JAX arrays in JAX (jit-able, any device). The formulas
+are written once for both. `compute_metrics` runs them in float64 on the host by default, because SSIM's
+stabilising constants are far below float32 round-off of 0..255 second moments, and because a host computation
+compiles nothing: JAX would compile the metrics again for every image size (seconds on CPU each), which dominates
+scoring a test folder of mixed sizes. `dtype=np.float32` runs the jitted JAX path on the default device instead.
 
 Key names: MS_SSIM is Tang's multi-scale MEF-SSIM (not Wang's 5-scale MS-SSIM); cddfuse also reports SSIM_FILM,
 FILM's copy of the evaluator (data_range = 255). Validated against tang_matlab_2022_per_image.csv and the
@@ -25,11 +27,11 @@ from collections.abc import Callable, Mapping
 import functools
 import math
 
-import dm_pix
 import jax
 from jax import lax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage
 
 DIALECTS = ('tang2023', 'tang2022', 'cddfuse')
 DEFAULT_DIALECT = 'tang2023'
@@ -40,6 +42,11 @@ _TANG_PSNR_OFFSET_DB = 20.0 * math.log10(255.0)  # Tang's PSNR = standard PSNR (
 
 # ----------------------------------------------------------------------------------------------------------------
 # Filtering helpers.
+
+
+def _xp(x):
+  """The array library of `x`: numpy for host arrays, jax.numpy for JAX arrays (and tracers)."""
+  return np if isinstance(x, (np.ndarray, np.generic)) else jnp
 
 
 def _matlab_gaussian_1d(size: int, sigma: float) -> np.ndarray:
@@ -62,6 +69,13 @@ def _filter_valid(x: jax.Array, k1d: np.ndarray) -> jax.Array:
 
   Two 1-D passes instead of one 2-D kernel: 2k instead of k^2 multiply-adds per pixel.
   """
+  if _xp(x) is np:
+    for axis in (-2, -1):
+      # Odd kernels: the centred correlation's rows/columns at least k//2 from each border are the 'valid' ones.
+      r = len(k1d) // 2
+      x = ndimage.correlate1d(x, k1d, axis=axis, mode='constant')
+      x = x[..., r:x.shape[-2] - r, :] if axis == -2 else x[..., r:x.shape[-1] - r]
+    return x
   lead, (h, w) = x.shape[:-2], x.shape[-2:]
   y = x.reshape((-1, h, w, 1))
   k = jnp.asarray(k1d, x.dtype)
@@ -73,13 +87,13 @@ def _filter_valid(x: jax.Array, k1d: np.ndarray) -> jax.Array:
 
 def _pad_hw(x: jax.Array, before: int, after: int, mode: str) -> jax.Array:
   pad = [(0, 0)] * (x.ndim - 2) + [(before, after), (before, after)]
-  return jnp.pad(x, pad, mode=mode)
+  return _xp(x).pad(x, pad, mode=mode)
 
 
 def _shifted_sum(x: jax.Array, kernel: np.ndarray) -> jax.Array:
   """Correlation of an already padded [..., H+2, W+2] array with a 3x3 integer kernel, as exact shifted sums."""
   h, w = x.shape[-2] - 2, x.shape[-1] - 2
-  out = jnp.zeros(x.shape[:-2] + (h, w), x.dtype)
+  out = _xp(x).zeros(x.shape[:-2] + (h, w), x.dtype)
   for i in range(3):
     for j in range(3):
       if kernel[i, j]:
@@ -88,18 +102,18 @@ def _shifted_sum(x: jax.Array, kernel: np.ndarray) -> jax.Array:
 
 
 def _mean_hw(x: jax.Array) -> jax.Array:
-  return jnp.mean(x, axis=(-2, -1))
+  return _xp(x).mean(x, axis=(-2, -1))
 
 
 def _sum_hw(x: jax.Array) -> jax.Array:
-  return jnp.sum(x, axis=(-2, -1))
+  return _xp(x).sum(x, axis=(-2, -1))
 
 
 def _pearson(x: jax.Array, y: jax.Array) -> jax.Array:
   """Pearson correlation per image (MATLAB corr2)."""
   xc = x - _mean_hw(x)[..., None, None]
   yc = y - _mean_hw(y)[..., None, None]
-  return _sum_hw(xc * yc) / jnp.sqrt(_sum_hw(xc * xc) * _sum_hw(yc * yc))
+  return _sum_hw(xc * yc) / _xp(x).sqrt(_sum_hw(xc * xc) * _sum_hw(yc * yc))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,19 +123,24 @@ def _pearson(x: jax.Array, y: jax.Array) -> jax.Array:
 def _histogram(levels: jax.Array, length: int) -> jax.Array:
   """Counts of integer `levels` [..., H, W] per image: [..., length] (exact int32 bins)."""
   flat = levels.reshape((-1, levels.shape[-2] * levels.shape[-1]))
-  counts = jax.vmap(lambda v: jnp.bincount(v, length=length))(flat)
+  if _xp(levels) is np:
+    counts = np.stack([np.bincount(v, minlength=length) for v in flat])
+  else:
+    counts = jax.vmap(lambda v: jnp.bincount(v, length=length))(flat)
   return counts.reshape(levels.shape[:-2] + (length,))
 
 
 def _entropy_from_counts(counts: jax.Array, log_base: float, dtype) -> jax.Array:
-  p = counts.astype(dtype) / jnp.sum(counts, axis=-1, keepdims=True).astype(dtype)
-  safe = jnp.where(p > 0, p, 1.0)
-  return -jnp.sum(p * jnp.log(safe), axis=-1) / math.log(log_base)
+  xp = _xp(counts)
+  p = counts.astype(dtype) / xp.sum(counts, axis=-1, keepdims=True).astype(dtype)
+  safe = xp.where(p > 0, p, 1.0)
+  return -xp.sum(p * xp.log(safe), axis=-1) / math.log(log_base)
 
 
 def _levels(img: jax.Array) -> jax.Array:
   """Integer gray levels 0..255 of an integer-valued float image (half away from zero, as MATLAB/uint8 casts)."""
-  return jnp.clip(jnp.floor(img + 0.5), 0, 255).astype(jnp.int32)
+  xp = _xp(img)
+  return xp.clip(xp.floor(img + 0.5), 0, 255).astype(np.int32)
 
 
 def entropy(fused: jax.Array) -> jax.Array:
@@ -140,7 +159,7 @@ def mutual_information_pair(x: jax.Array, y: jax.Array, *, log_base: float = 2.0
   hx = _entropy_from_counts(_histogram(lx, 256), log_base, x.dtype)
   hy = _entropy_from_counts(_histogram(ly, 256), log_base, x.dtype)
   if merge_top_level:
-    lx, ly = jnp.minimum(lx, 254), jnp.minimum(ly, 254)
+    lx, ly = _xp(x).minimum(lx, 254), _xp(x).minimum(ly, 254)
   hxy = _entropy_from_counts(_histogram(lx * 256 + ly, 256 * 256), log_base, x.dtype)
   return hx + hy - hxy
 
@@ -162,35 +181,36 @@ def standard_deviation(fused: jax.Array, *, uint8_saturation: bool = False) -> j
   uint8_saturation reproduces Tang 2022, which subtracted the mean from a uint8 image: the difference is rounded
   and clipped to [0, 255] and its square saturates at 255.
   """
+  xp = _xp(fused)
   d = fused - _mean_hw(fused)[..., None, None]
   if uint8_saturation:
-    d = jnp.minimum(jnp.clip(jnp.floor(d + 0.5), 0.0, 255.0) ** 2, 255.0)
-    return jnp.sqrt(_mean_hw(d))
-  return jnp.sqrt(_mean_hw(d * d))
+    d = xp.minimum(xp.clip(xp.floor(d + 0.5), 0.0, 255.0) ** 2, 255.0)
+    return xp.sqrt(_mean_hw(d))
+  return xp.sqrt(_mean_hw(d * d))
 
 
 def spatial_frequency(fused: jax.Array) -> jax.Array:
   """SF = sqrt(RF^2 + CF^2), each the mean squared neighbour difference over the differences that exist."""
-  rf2 = _mean_hw(jnp.square(fused[..., :, 1:] - fused[..., :, :-1]))
-  cf2 = _mean_hw(jnp.square(fused[..., 1:, :] - fused[..., :-1, :]))
-  return jnp.sqrt(rf2 + cf2)
+  rf2 = _mean_hw((fused[..., :, 1:] - fused[..., :, :-1]) ** 2)
+  cf2 = _mean_hw((fused[..., 1:, :] - fused[..., :-1, :]) ** 2)
+  return _xp(fused).sqrt(rf2 + cf2)
 
 
 def _matlab_gradient(x: jax.Array, axis: int) -> jax.Array:
   """MATLAB/numpy gradient: central differences inside, one-sided at both borders."""
   n = x.shape[axis]
-  take = functools.partial(lax.slice_in_dim, x, axis=axis)
+  take = lambda start, stop: x[(Ellipsis, slice(start, stop)) + (slice(None),) * (-axis - 1)]
   first = take(1, 2) - take(0, 1)
   inner = (take(2, n) - take(0, n - 2)) / 2.0
   last = take(n - 1, n) - take(n - 2, n - 1)
-  return jnp.concatenate([first, inner, last], axis=axis)
+  return _xp(x).concatenate([first, inner, last], axis=axis)
 
 
 def average_gradient(fused: jax.Array, *, tang_normalization: bool = True) -> jax.Array:
   """AG = sum sqrt((Gx^2 + Gy^2) / 2) over all pixels / ((M-1)(N-1)) (Tang, VIFB); CDDFuse divides by M*N."""
   gx = _matlab_gradient(fused, -1)
   gy = _matlab_gradient(fused, -2)
-  total = _sum_hw(jnp.sqrt((gx * gx + gy * gy) / 2.0))
+  total = _sum_hw(_xp(fused).sqrt((gx * gx + gy * gy) / 2.0))
   m, n = fused.shape[-2:]
   return total / ((m - 1) * (n - 1) if tang_normalization else m * n)
 
@@ -211,18 +231,19 @@ def scd(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
 
 def mse(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
   """MSE on 0..255 averaged over the two sources: (mean((F-A)^2) + mean((F-B)^2)) / 2."""
-  return 0.5 * (_mean_hw(jnp.square(fused - ir)) + _mean_hw(jnp.square(fused - vis)))
+  return 0.5 * (_mean_hw((fused - ir) ** 2) + _mean_hw((fused - vis) ** 2))
 
 
 def psnr_tang(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
   """Tang's PSNR = 20 log10(255 / sqrt(MSE on [0, 1])) = standard PSNR (peak 255) + 48.13 dB."""
-  return 10.0 * jnp.log10(255.0 ** 2 / mse(fused, ir, vis)) + _TANG_PSNR_OFFSET_DB
+  return 10.0 * _xp(fused).log10(255.0 ** 2 / mse(fused, ir, vis)) + _TANG_PSNR_OFFSET_DB
 
 
 def psnr_cddfuse(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
   """CDDFuse's PSNR = 10 log10(max(F)^2 / MSE) on 0..255: the peak is the fused image's maximum, not 255."""
-  peak = jnp.max(fused, axis=(-2, -1))
-  return 10.0 * jnp.log10(peak * peak / mse(fused, ir, vis))
+  xp = _xp(fused)
+  peak = xp.max(fused, axis=(-2, -1))
+  return 10.0 * xp.log10(peak * peak / mse(fused, ir, vis))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -236,39 +257,41 @@ def vif_pair(ref: jax.Array, dist: jax.Array, *, saturate_first_scale: bool = Fa
   saturate_first_scale reproduces Tang 2022, which fed uint8 images into the first scale so that ref*ref,
   dist*dist and ref*dist saturated at 255. nan_to_one is CDDFuse's rule for a 0/0 score (a flat reference).
   """
+  xp = _xp(ref)
   sigma_nsq, eps = 2.0, 1e-10
-  num = jnp.zeros(ref.shape[:-2], ref.dtype)
-  den = jnp.zeros(ref.shape[:-2], ref.dtype)
+  num = xp.zeros(ref.shape[:-2], ref.dtype)
+  den = xp.zeros(ref.shape[:-2], ref.dtype)
   for scale in range(1, 5):
     size = 2 ** (5 - scale) + 1
     win = _matlab_gaussian_1d(size, size / 5.0)
     if scale > 1:
-      ref, dist = _filter_valid(jnp.stack([ref, dist]), win)[..., ::2, ::2]
-    prod = lambda x, y: jnp.minimum(x * y, 255.0) if (saturate_first_scale and scale == 1) else x * y
+      ref, dist = _filter_valid(xp.stack([ref, dist]), win)[..., ::2, ::2]
+    prod = lambda x, y: xp.minimum(x * y, 255.0) if (saturate_first_scale and scale == 1) else x * y
     mu1, mu2, e11, e22, e12 = _filter_valid(
-        jnp.stack([ref, dist, prod(ref, ref), prod(dist, dist), prod(ref, dist)]), win)
-    s1 = jnp.maximum(e11 - mu1 * mu1, 0.0)
-    s2 = jnp.maximum(e22 - mu2 * mu2, 0.0)
+        xp.stack([ref, dist, prod(ref, ref), prod(dist, dist), prod(ref, dist)]), win)
+    s1 = xp.maximum(e11 - mu1 * mu1, 0.0)
+    s2 = xp.maximum(e22 - mu2 * mu2, 0.0)
     s12 = e12 - mu1 * mu2
     g = s12 / (s1 + eps)
     sv = s2 - g * s12
     # Edge cases in the reference order: flat reference, flat distorted image, negative gain, floor.
     flat1 = s1 < eps
-    g, sv, s1 = jnp.where(flat1, 0.0, g), jnp.where(flat1, s2, sv), jnp.where(flat1, 0.0, s1)
+    g, sv, s1 = xp.where(flat1, 0.0, g), xp.where(flat1, s2, sv), xp.where(flat1, 0.0, s1)
     flat2 = s2 < eps
-    g, sv = jnp.where(flat2, 0.0, g), jnp.where(flat2, 0.0, sv)
+    g, sv = xp.where(flat2, 0.0, g), xp.where(flat2, 0.0, sv)
     neg = g < 0
-    sv, g = jnp.where(neg, s2, sv), jnp.where(neg, 0.0, g)
-    sv = jnp.maximum(sv, eps)
-    num = num + _sum_hw(jnp.log10(1.0 + g * g * s1 / (sv + sigma_nsq)))
-    den = den + _sum_hw(jnp.log10(1.0 + s1 / sigma_nsq))
+    sv, g = xp.where(neg, s2, sv), xp.where(neg, 0.0, g)
+    sv = xp.maximum(sv, eps)
+    num = num + _sum_hw(xp.log10(1.0 + g * g * s1 / (sv + sigma_nsq)))
+    den = den + _sum_hw(xp.log10(1.0 + s1 / sigma_nsq))
   score = num / den
-  return jnp.where(jnp.isnan(score), 1.0, score) if nan_to_one else score
+  return xp.where(xp.isnan(score), 1.0, score) if nan_to_one else score
 
 
 def vif(fused: jax.Array, ir: jax.Array, vis: jax.Array, **kwargs) -> jax.Array:
   """VIF = VIF(A, F) + VIF(B, F); keyword arguments as in vif_pair."""
-  return jnp.sum(vif_pair(jnp.stack([ir, vis]), jnp.stack([fused, fused]), **kwargs), axis=0)
+  xp = _xp(fused)
+  return xp.sum(vif_pair(xp.stack([ir, vis]), xp.stack([fused, fused]), **kwargs), axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,21 +303,23 @@ _SOBEL_Y = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]])
 
 def _qabf_edges(img: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Sobel strength and orientation with zero padding; alpha = pi/2 where the x response is exactly 0."""
+  xp = _xp(img)
   padded = _pad_hw(img, 1, 1, 'constant')
   sx = _shifted_sum(padded, _SOBEL_X)
   sy = _shifted_sum(padded, _SOBEL_Y)
-  g = jnp.sqrt(sx * sx + sy * sy)
-  alpha = jnp.where(sx == 0, math.pi / 2, jnp.arctan(sy / jnp.where(sx == 0, 1.0, sx)))
+  g = xp.sqrt(sx * sx + sy * sy)
+  alpha = xp.where(sx == 0, math.pi / 2, xp.arctan(sy / xp.where(sx == 0, 1.0, sx)))
   return g, alpha
 
 
 def _qabf_preservation(g_x, a_x, g_f, a_f) -> jax.Array:
+  xp = _xp(g_x)
   # The equality case returns gF (0, not 1, where both are 0): inherited by every public implementation.
-  ratio = jnp.where(g_x > g_f, g_f / jnp.where(g_x > g_f, g_x, 1.0),
-                    jnp.where(g_x == g_f, g_f, g_x / jnp.where(g_x < g_f, g_f, 1.0)))
-  orient = 1.0 - jnp.abs(a_x - a_f) / (math.pi / 2)
-  q_g = 0.9994 / (1.0 + jnp.exp(-15.0 * (ratio - 0.5)))
-  q_a = 0.9879 / (1.0 + jnp.exp(-22.0 * (orient - 0.8)))
+  ratio = xp.where(g_x > g_f, g_f / xp.where(g_x > g_f, g_x, 1.0),
+                    xp.where(g_x == g_f, g_f, g_x / xp.where(g_x < g_f, g_f, 1.0)))
+  orient = 1.0 - xp.abs(a_x - a_f) / (math.pi / 2)
+  q_g = 0.9994 / (1.0 + xp.exp(-15.0 * (ratio - 0.5)))
+  q_a = 0.9879 / (1.0 + xp.exp(-22.0 * (orient - 0.8)))
   return q_g * q_a
 
 
@@ -310,35 +335,38 @@ def qabf(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
 
 def _nabf_edges(img: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Sobel/8 with mirror extension (sobel_fn.m); alpha = atan(gv/gh), 0 where both responses are 0."""
+  xp = _xp(img)
   padded = _pad_hw(img, 1, 1, 'reflect')
   gv = _shifted_sum(padded, _SOBEL_X) / 8.0
   gh = _shifted_sum(padded, -_SOBEL_Y) / 8.0
-  g = jnp.sqrt(gh * gh + gv * gv)
+  g = xp.sqrt(gh * gh + gv * gv)
   # MATLAB atan(gv/gh) gives +-pi/2 where only gh is 0.
-  alpha = jnp.where(gh == 0, jnp.sign(gv) * (math.pi / 2), jnp.arctan(gv / jnp.where(gh == 0, 1.0, gh)))
+  alpha = xp.where(gh == 0, xp.sign(gv) * (math.pi / 2), xp.arctan(gv / xp.where(gh == 0, 1.0, gh)))
   return g, alpha
 
 
 def _nabf_preservation(g_x, a_x, g_f, a_f) -> jax.Array:
+  xp = _xp(g_x)
   zero = (g_x == 0) | (g_f == 0)
-  ratio = jnp.where(zero, 0.0, jnp.minimum(g_x, g_f) / jnp.where(zero, 1.0, jnp.maximum(g_x, g_f)))
-  orient = jnp.abs(jnp.abs(a_x - a_f) - math.pi / 2) * 2.0 / math.pi
-  q_g = 0.9999 / (1.0 + jnp.exp(-19.0 * (ratio - 0.5)))
-  q_a = 0.9995 / (1.0 + jnp.exp(-22.0 * (orient - 0.5)))
-  return jnp.sqrt(q_g * q_a)
+  ratio = xp.where(zero, 0.0, xp.minimum(g_x, g_f) / xp.where(zero, 1.0, xp.maximum(g_x, g_f)))
+  orient = xp.abs(xp.abs(a_x - a_f) - math.pi / 2) * 2.0 / math.pi
+  q_g = 0.9999 / (1.0 + xp.exp(-19.0 * (ratio - 0.5)))
+  q_a = 0.9995 / (1.0 + xp.exp(-22.0 * (orient - 0.5)))
+  return xp.sqrt(q_g * q_a)
 
 
 def nabf(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
   """Modified fusion-artefact measure N_AB/F (Shreyamsha Kumar), on 0..255 data with weights g^1.5 where g >= 2."""
+  xp = _xp(fused)
   g_a, a_a = _nabf_edges(ir)
   g_b, a_b = _nabf_edges(vis)
   g_f, a_f = _nabf_edges(fused)
   q_af = _nabf_preservation(g_a, a_a, g_f, a_f)
   q_bf = _nabf_preservation(g_b, a_b, g_f, a_f)
-  w_a = jnp.where(g_a >= 2.0, g_a ** 1.5, 0.001)
-  w_b = jnp.where(g_b >= 2.0, g_b ** 1.5, 0.001)
+  w_a = xp.where(g_a >= 2.0, g_a ** 1.5, 0.001)
+  w_b = xp.where(g_b >= 2.0, g_b ** 1.5, 0.001)
   artefact = (g_f > g_a) & (g_f > g_b)
-  return _sum_hw(jnp.where(artefact, (1.0 - q_af) * w_a + (1.0 - q_bf) * w_b, 0.0)) / _sum_hw(w_a + w_b)
+  return _sum_hw(xp.where(artefact, (1.0 - q_af) * w_a + (1.0 - q_bf) * w_b, 0.0)) / _sum_hw(w_a + w_b)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -347,11 +375,18 @@ def nabf(fused: jax.Array, ir: jax.Array, vis: jax.Array) -> jax.Array:
 
 def _ssim(x: jax.Array, y: jax.Array, filter_fn: Callable[[jax.Array], jax.Array], *, max_val: float,
           k2: float = 0.03) -> jax.Array:
-  # dm-pix takes [N, H, W, C]: fold any leading batch dims into N.
-  lead, hw = x.shape[:-2], x.shape[-2:]
-  value = dm_pix.ssim(x.reshape((-1,) + hw + (1,)), y.reshape((-1,) + hw + (1,)), max_val=max_val, k1=0.01, k2=k2,
-                      filter_fn=lambda z: filter_fn(z[..., 0])[..., None], precision=lax.Precision.HIGHEST)
-  return value.reshape(lead)
+  """Mean SSIM map of [..., H, W] images with local statistics from filter_fn, clamped as dm-pix's ssim does."""
+  xp = _xp(x)
+  mu_x, mu_y, e_xx, e_yy, e_xy = filter_fn(xp.stack([x, y, x * x, y * y, x * y]))
+  # Variances are at least float32 eps^2 and the covariance obeys Cauchy-Schwarz (dm-pix's round-off guards).
+  tiny = float(np.finfo(np.float32).eps) ** 2
+  var_x = xp.maximum(tiny, e_xx - mu_x * mu_x)
+  var_y = xp.maximum(tiny, e_yy - mu_y * mu_y)
+  cov = e_xy - mu_x * mu_y
+  cov = xp.sign(cov) * xp.minimum(xp.sqrt(var_x * var_y), xp.abs(cov))
+  c1, c2 = (0.01 * max_val) ** 2, (k2 * max_val) ** 2
+  ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+  return _mean_hw(ssim_map)
 
 
 def ssim_matlab(x: jax.Array, y: jax.Array, *, dynamic_range: float = 1.0) -> jax.Array:
@@ -376,7 +411,8 @@ def ssim_skimage(x: jax.Array, y: jax.Array, *, data_range: float = 2.0) -> jax.
 
 def _ssim_two_sources(ssim_fn, fused, ir, vis, **kwargs) -> jax.Array:
   """ssim_fn(F, A) and ssim_fn(F, B) in one batched call: [2, ...]."""
-  return ssim_fn(jnp.stack([fused, fused]), jnp.stack([ir, vis]), **kwargs)
+  xp = _xp(fused)
+  return ssim_fn(xp.stack([fused, fused]), xp.stack([ir, vis]), **kwargs)
 
 
 def _mef_ssim_single(ir: jax.Array, vis: jax.Array, fused: jax.Array) -> jax.Array:
@@ -387,34 +423,35 @@ def _mef_ssim_single(ir: jax.Array, vis: jax.Array, fused: jax.Array) -> jax.Arr
   fused patch by the Gaussian-weighted contrast-structure term. The desired patch is a linear combination of the
   source patches, so every statistic it needs is a combination of local (co)variances of the sources and F.
   """
+  xp = _xp(ir)
   size, ws2 = 11, 121.0
   gauss = _matlab_gaussian_1d(size, 1.5)
   g_max = float(gauss.max() ** 2)
-  m1, m2, e11, e22, e12 = _filter_valid(jnp.stack([ir, vis, ir * ir, vis * vis, ir * vis]), _uniform_1d(size))
+  m1, m2, e11, e22, e12 = _filter_valid(xp.stack([ir, vis, ir * ir, vis * vis, ir * vis]), _uniform_1d(size))
   var1, var2, cov12 = e11 - m1 * m1, e22 - m2 * m2, e12 - m1 * m2
-  n1, n2 = jnp.sqrt(jnp.maximum(ws2 * var1, 0.0)), jnp.sqrt(jnp.maximum(ws2 * var2, 0.0))
+  n1, n2 = xp.sqrt(xp.maximum(ws2 * var1, 0.0)), xp.sqrt(xp.maximum(ws2 * var2, 0.0))
   ed1, ed2 = n1 + 0.001, n2 + 0.001
-  numerator = jnp.sqrt(jnp.maximum(ws2 * (var1 + var2 + 2.0 * cov12), 0.0))
+  numerator = xp.sqrt(xp.maximum(ws2 * (var1 + var2 + 2.0 * cov12), 0.0))
   consistency = (numerator + _EPS) / (n1 + n2 + _EPS)
-  consistency = jnp.where(consistency > 1.0, 1.0 - _EPS, jnp.where(consistency < 0.0, _EPS, consistency))
-  power = jnp.minimum(jnp.tan(math.pi / 2.0 * consistency), 10.0)
+  consistency = xp.where(consistency > 1.0, 1.0 - _EPS, xp.where(consistency < 0.0, _EPS, consistency))
+  power = xp.minimum(xp.tan(math.pi / 2.0 * consistency), 10.0)
   w1, w2 = (ed1 / size) ** power + _EPS, (ed2 / size) ** power + _EPS
   c1, c2 = w1 / (w1 + w2) / ed1, w2 / (w1 + w2) / ed2
-  max_ed = jnp.maximum(ed1, ed2)
-  r_norm = jnp.sqrt(jnp.maximum(ws2 * (c1 * c1 * var1 + c2 * c2 * var2 + 2.0 * c1 * c2 * cov12), 0.0))
-  scale = jnp.where(r_norm > 0, max_ed / jnp.where(r_norm > 0, r_norm, 1.0), 1.0)
+  max_ed = xp.maximum(ed1, ed2)
+  r_norm = xp.sqrt(xp.maximum(ws2 * (c1 * c1 * var1 + c2 * c2 * var2 + 2.0 * c1 * c2 * cov12), 0.0))
+  scale = xp.where(r_norm > 0, max_ed / xp.where(r_norm > 0, r_norm, 1.0), 1.0)
   g1, g2, gf, g11, g22, gff, g12, g1f, g2f = _filter_valid(
-      jnp.stack([ir, vis, fused, ir * ir, vis * vis, fused * fused, ir * vis, ir * fused, vis * fused]), gauss)
+      xp.stack([ir, vis, fused, ir * ir, vis * vis, fused * fused, ir * vis, ir * fused, vis * fused]), gauss)
   v1, v2, vf = g11 - g1 * g1, g22 - g2 * g2, gff - gf * gf
   k12, k1f, k2f = g12 - g1 * g2, g1f - g1 * gf, g2f - g2 * gf
   sigma1_sq = scale * scale * (c1 * c1 * v1 + c2 * c2 * v2 + 2.0 * c1 * c2 * k12)
   sigma12 = scale * (c1 * k1f + c2 * k2f)
-  sigma2_sq = jnp.maximum(vf, 0.0)
+  sigma2_sq = xp.maximum(vf, 0.0)
   # The desired patch has zero (uniform) mean and norm max_ed, so its weighted variance is at most
   # max(gauss) * max_ed^2; clamping to that (and Cauchy-Schwarz) keeps round-off in flat patches harmless.
-  sigma1_sq = jnp.clip(sigma1_sq, 0.0, g_max * max_ed * max_ed)
-  bound = jnp.sqrt(sigma1_sq * sigma2_sq)
-  sigma12 = jnp.clip(sigma12, -bound, bound)
+  sigma1_sq = xp.clip(sigma1_sq, 0.0, g_max * max_ed * max_ed)
+  bound = xp.sqrt(sigma1_sq * sigma2_sq)
+  sigma12 = xp.clip(sigma12, -bound, bound)
   c = (0.03 * 255.0) ** 2
   q_map = (2.0 * sigma12 + c) / (sigma1_sq + sigma2_sq + c)
   return _mean_hw(q_map)
@@ -435,14 +472,15 @@ def mef_ssim(fused: jax.Array, ir: jax.Array, vis: jax.Array, *, levels: int = 1
   coarsest level is narrower than the 11x11 window (the reference returns -Inf) or when a coarse level's mean
   quality is negative (unrelated images; MATLAB's power then returns a complex number).
   """
+  xp = _xp(fused)
   if not 1 <= levels <= 3:
     raise ValueError(f'MEF-SSIM has weights for 1 to 3 levels, got {levels}')
   h, w = fused.shape[-2:]
   if min(h, w) / 2 ** (levels - 1) < 11:
-    return jnp.full(fused.shape[:-2], jnp.nan, fused.dtype)
+    return xp.full(fused.shape[:-2], xp.nan, fused.dtype)
   weights = np.array([0.0448, 0.2856, 0.3001][:levels])
   weights = weights / weights.sum()
-  score = jnp.ones(fused.shape[:-2], fused.dtype)
+  score = xp.ones(fused.shape[:-2], fused.dtype)
   for level in range(levels):
     if level:
       ir, vis, fused = _avg_pool2_symmetric(ir), _avg_pool2_symmetric(vis), _avg_pool2_symmetric(fused)
@@ -468,13 +506,14 @@ def _tang_common(f, a, b) -> dict[str, jax.Array]:
 
 
 def _tang2023(f, a, b) -> dict[str, jax.Array]:
+  xp = _xp(f)
   out = _tang_common(f, a, b)
   out.update({
       'SD': standard_deviation(f),
       'SF': spatial_frequency(f),
       'VIF': vif(f, a, b),
       'Qabf': qabf(f, a, b),
-      'SSIM': 0.5 * jnp.sum(_ssim_two_sources(ssim_matlab, f, a, b), axis=0),
+      'SSIM': 0.5 * xp.sum(_ssim_two_sources(ssim_matlab, f, a, b), axis=0),
       # analysis_Reference.m calls analysis_nabf(ir, vis, fused) against the signature (fused, src1, src2).
       'Nabf': nabf(a, b, f),
   })
@@ -497,6 +536,7 @@ def _tang2022(f, a, b) -> dict[str, jax.Array]:
 
 
 def _cddfuse(f, a, b) -> dict[str, jax.Array]:
+  xp = _xp(f)
   return {
       'EN': entropy(f),
       'SD': standard_deviation(f),
@@ -509,8 +549,8 @@ def _cddfuse(f, a, b) -> dict[str, jax.Array]:
       'MSE': mse(f, a, b),
       'VIF': vif(f, a, b, nan_to_one=True),
       'Qabf': qabf(f, a, b),
-      'SSIM': jnp.sum(_ssim_two_sources(ssim_skimage, f, a, b), axis=0),
-      'SSIM_FILM': jnp.sum(_ssim_two_sources(ssim_skimage, f, a, b, data_range=255.0), axis=0),
+      'SSIM': xp.sum(_ssim_two_sources(ssim_skimage, f, a, b), axis=0),
+      'SSIM_FILM': xp.sum(_ssim_two_sources(ssim_skimage, f, a, b, data_range=255.0), axis=0),
   }
 
 
@@ -535,7 +575,7 @@ def check_dialect(dialect: str) -> str:
 @functools.partial(jax.jit, static_argnames=('dialect',))
 def dialect_metrics(fused: jax.Array, ir: jax.Array, vis: jax.Array, dialect: str = DEFAULT_DIALECT
                     ) -> dict[str, jax.Array]:
-  """All metrics of one dialect for float [..., H, W] gray images in 0..255 (jit-compiled per shape/dtype)."""
+  """All metrics of one dialect for float [..., H, W] gray JAX arrays in 0..255 (jit-compiled per shape/dtype)."""
   return _DIALECT_FNS[check_dialect(dialect)](fused, ir, vis)
 
 
@@ -548,17 +588,22 @@ def _as_gray_stack(name: str, img, ndim: int) -> np.ndarray:
 
 def compute_metrics_batch(fused_u8, ir_u8, vis_u8, dialect: str = DEFAULT_DIALECT, *,
                           dtype=np.float64) -> dict[str, np.ndarray]:
-  """Metrics of N same-size triples: uint8 [N, H, W] each -> {name: float array [N]}."""
+  """Metrics of N same-size triples: uint8 [N, H, W] each -> {name: float array [N]}.
+
+  float64 (the validated, default precision) runs on the host with numpy/scipy and compiles nothing; float32 runs
+  the jitted JAX functions on the default device (one compilation per image shape).
+  """
   check_dialect(dialect)
   arrays = [_as_gray_stack(n, x, 3) for n, x in (('fused', fused_u8), ('ir', ir_u8), ('vis', vis_u8))]
   if not arrays[0].shape == arrays[1].shape == arrays[2].shape:
     raise ValueError(f'fused, ir and vis shapes differ: {[a.shape for a in arrays]}')
-  use_x64 = np.dtype(dtype) == np.float64
-  # TPUs have no float64: the validation-grade path runs on the host CPU whatever the default backend is.
-  device = jax.local_devices(backend='cpu')[0] if use_x64 else None
-  with jax.enable_x64(use_x64), jax.default_device(device):
+  if np.dtype(dtype) == np.float64:
+    # Both branches of every guarded division are evaluated (as in JAX); the unused one may divide by zero.
+    with np.errstate(divide='ignore', invalid='ignore'):
+      out = _DIALECT_FNS[dialect](*(a.astype(np.float64) for a in arrays))
+  else:
     out = dialect_metrics(*(jnp.asarray(a, dtype) for a in arrays), dialect=dialect)
-    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+  return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
 def compute_metrics(fused_u8, ir_u8, vis_u8, dialect: str = DEFAULT_DIALECT, *, dtype=np.float64

@@ -305,3 +305,17 @@ def test_bad_input():
     metrics.compute_metrics(g, g.astype(np.float32), g)
   with pytest.raises(ValueError, match='shapes differ'):
     metrics.compute_metrics(g, g[:-1], g)
+
+
+def test_host_metrics_equal_jax_metrics_at_an_odd_size():
+  # The default float64 path runs the formulas with numpy/scipy (no compilation per image size); the same formulas
+  # traced by JAX must give the same numbers.
+  rng = np.random.default_rng(11)
+  f, a, b = (rng.integers(0, 256, (45, 61), np.uint8) for _ in range(3))
+  host = metrics.compute_metrics(f, a, b, 'tang2023')
+  with jax.enable_x64(True):
+    traced = metrics.dialect_metrics(*(jax.numpy.asarray(x[None], jax.numpy.float64) for x in (f, a, b)),
+                                     dialect='tang2023')
+  assert set(host) == set(traced)
+  for name, value in host.items():
+    assert value == pytest.approx(float(traced[name][0]), rel=1e-9, nan_ok=True), name
