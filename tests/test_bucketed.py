@@ -19,12 +19,16 @@ def _pair(size, seed):
   return rng.random(size, np.float32), rng.random(size, np.float32)
 
 
-def test_bucketed_batch_equals_unpadded_network():
+@pytest.mark.parametrize('multiple, sizes', [
+    # Odd sizes (max-pool floors), sizes below the 8x8 CFI pooling, the minimum, and one filling its bucket.
+    (64, [(37, 53), (20, 12), (4, 4), (64, 33)]),
+    # A bucket whose quarter scale (10 rows) is not a whole number of attention row blocks.
+    (4, [(37, 53)]),
+])
+def test_bucketed_batch_equals_unpadded_network(multiple, sizes):
   variables = random_variables(ISFuse(features=8), seed=3)
-  # Odd sizes (max-pool floors), sizes below the 8x8 CFI pooling, the minimum, and one filling its bucket.
-  sizes = [(37, 53), (20, 12), (4, 4), (64, 33)]
   pairs = [_pair(s, i) for i, s in enumerate(sizes)]
-  fused = inference.BucketedFuser(ISFuse(features=8), variables, multiple=64).fuse_batch(pairs)
+  fused = inference.BucketedFuser(ISFuse(features=8), variables, multiple=multiple).fuse_batch(pairs)
   for (vis, ir), out in zip(pairs, fused):
     expected = np.asarray(_unpadded(variables, vis[None, :, :, None], ir[None, :, :, None])[0, :, :, 0])
     assert out.shape == vis.shape
