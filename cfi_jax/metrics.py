@@ -70,9 +70,9 @@ def _filter_valid(x: jax.Array, k1d: np.ndarray) -> jax.Array:
   Two 1-D passes instead of one 2-D kernel: 2k instead of k^2 multiply-adds per pixel.
   """
   if _xp(x) is np:
+    # Every kernel here has odd length: the centred correlation's values at least r from each border are 'valid'.
+    r = len(k1d) // 2
     for axis in (-2, -1):
-      # Odd kernels: the centred correlation's rows/columns at least k//2 from each border are the 'valid' ones.
-      r = len(k1d) // 2
       x = ndimage.correlate1d(x, k1d, axis=axis, mode='constant')
       x = x[..., r:x.shape[-2] - r, :] if axis == -2 else x[..., r:x.shape[-1] - r]
     return x
