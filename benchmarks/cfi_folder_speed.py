@@ -23,6 +23,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -98,6 +99,7 @@ def steady_state(height: int = 480, width: int = 640) -> str:
   from launch import checkpoints  # pylint: disable=g-import-not-at-top
 
   jax.config.update('jax_platforms', 'cpu')
+  logging.set_verbosity(logging.WARNING)  # orbax logs every step of the restore at INFO.
   twin = torch_isfuse.ISFuseTorch()
   twin.load_state_dict(torch.load(_TORCH_CHECKPOINT.value, map_location='cpu', weights_only=True))
   twin.eval()
