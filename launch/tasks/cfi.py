@@ -14,6 +14,7 @@ from cfi_jax import train as cfi_train
 from cfi_jax import visualize
 from input_pipeline import fusion_data
 from input_pipeline import images
+from launch import task as task_lib
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> tuple[losses.LossConfig, dict[str, Any]]:
@@ -30,7 +31,7 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return image[top:top + height, left:left + width]
 
 
-class CFITask:
+class CFITask(task_lib.Task):
   """Trains ISFuse with the CFI interventions and losses; evaluates with the fusion metrics.
 
   Evaluation fuses the held-out pairs (config.data.num_eval of them), centre-cropped to one common size (at most
