@@ -11,7 +11,7 @@ class ProjectError(Exception):
 
 
 class ConfigError(ProjectError, ValueError):
-  """A config field that cannot be used; the message names the field."""
+  """A config field or flag value that cannot be used; the message names the field."""
 
 
 class DataConfigError(ConfigError):

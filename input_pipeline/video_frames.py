@@ -23,11 +23,11 @@ def list_frames(folder: PathLike) -> list[pathlib.Path]:
   """Image files of `folder` in natural (frame-number) order; at least two, or a ValueError naming the folder."""
   folder = pathlib.Path(folder)
   if not folder.is_dir():
-    raise FileNotFoundError(f'frame folder {folder} does not exist')
+    raise errors.DataConfigError(f'frame folder {folder} does not exist')
   frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in images.IMAGE_EXTENSIONS),
                   key=lambda p: images._natural_key(p.stem))  # pylint: disable=protected-access (shared ordering)
   if len(frames) < 2:
-    raise ValueError(f'{folder}: needs at least 2 image frames to make pairs, found {len(frames)}')
+    raise errors.DataConfigError(f'{folder}: needs at least 2 image frames to make pairs, found {len(frames)}')
   return frames
 
 
@@ -54,7 +54,7 @@ def crop_box(shape: Sequence[int], crop: str | Box | None) -> Box:
     raise ValueError(f"crop must be None, 'center' or (top, left, height, width); got {crop!r}")
   top, left, height, width = (int(v) for v in crop)
   if top < 0 or left < 0 or height <= 0 or width <= 0 or top + height > h or left + width > w:
-    raise ValueError(f'crop box {crop} does not fit a {h}x{w} frame')
+    raise errors.DataConfigError(f'crop box {crop} does not fit a {h}x{w} frame')
   return top, left, height, width
 
 

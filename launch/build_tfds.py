@@ -13,6 +13,7 @@ from absl import flags
 from absl import logging
 
 from input_pipeline import tfds_fusion
+from launch import cli
 
 FLAGS = flags.FLAGS
 
@@ -31,12 +32,10 @@ def define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    builder = tfds_fusion.build_dataset(FLAGS.source_dir, name=FLAGS.name, data_dir=FLAGS.data_dir,
-                                        skip_bad=FLAGS.skip_bad, ir_bit_depth=int(FLAGS.ir_bit_depth),
-                                        vis_bit_depth=int(FLAGS.vis_bit_depth))
-  except ValueError as e:
-    raise SystemExit(f'error: {e}') from e
+  # The shell leaves a '~' after '=' (--data_dir=~/x) alone, and tfds would make a folder named '~'.
+  builder = tfds_fusion.build_dataset(os.path.expanduser(FLAGS.source_dir), name=FLAGS.name,
+                                      data_dir=os.path.expanduser(FLAGS.data_dir), skip_bad=FLAGS.skip_bad,
+                                      ir_bit_depth=int(FLAGS.ir_bit_depth), vis_bit_depth=int(FLAGS.vis_bit_depth))
   sizes = ', '.join(f'{split}: {info.num_examples}' for split, info in sorted(builder.info.splits.items()))
   logging.info('Dataset %r in %s (%s pairs); %d skipped.', FLAGS.name, builder.data_dir, sizes,
                len(builder.skipped))
@@ -44,4 +43,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -1,7 +1,8 @@
 """Fusing image files with an ISFuse model: pair loading, size reconciliation, folder fusion.
 
-Shared by launch.fuse and launch.evaluate (library code: no flags, no process exit).
+Shared by launch.fuse and launch.evaluate (library code: no flags, no process exit; errors are ProjectErrors).
 """
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -12,11 +13,26 @@ import tqdm
 
 from cfi_jax import inference
 from cfi_jax.model import ISFuse
+from input_pipeline import errors
 from input_pipeline import images
+from launch import checkpoints
 
 
-class PairError(ValueError):
+class PairError(errors.ProjectError, ValueError):
   """A pair cannot be fused or scored (unreadable file or mismatched sizes); the message names the files."""
+
+
+def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[ISFuse, dict[str, Any]]:
+  """(ISFuse, variables) of an ISFuse checkpoint (the newest readable step by default).
+
+  Raises:
+    checkpoints.CheckpointError: no checkpoint there, or one of another model.
+  """
+  variables, config = checkpoints.restore_model_variables(checkpoint, step)
+  if config['model'] != 'isfuse':
+    raise checkpoints.CheckpointError(f'{checkpoint} holds a {config["model"]!r} model, not an ISFuse one; pass a '
+                                      'checkpoint of launch.train with a cfi config, or of launch.import_isfuse')
+  return inference.model_from_config(config['model_config']), variables
 
 
 def size_mismatch(ir_path: pathlib.Path, ir_shape: tuple[int, ...], vis_path: pathlib.Path,
@@ -24,6 +40,10 @@ def size_mismatch(ir_path: pathlib.Path, ir_shape: tuple[int, ...], vis_path: pa
   """The error for a pair whose images differ in size (without a resize_to choice)."""
   return PairError(f'size mismatch: IR {ir_path} is {ir_shape[1]}x{ir_shape[0]} but VIS {vis_path} is '
                    f'{vis_shape[1]}x{vis_shape[0]} (WxH); pass --resize_to=ir or --resize_to=vis')
+
+
+# Each of ISFuse's encoders halves the image twice (2x2 max pooling), so a smaller side leaves no pixel to pool.
+MIN_SIZE = 4
 
 
 def load_pair(ir_path: pathlib.Path, vis_path: pathlib.Path,
@@ -42,6 +62,9 @@ def load_pair(ir_path: pathlib.Path, vis_path: pathlib.Path,
       crcb = None if crcb is None else images.resize_image(crcb, ir.shape)
     else:
       ir = images.resize_image(ir, vis_y.shape)
+  if min(ir.shape) < MIN_SIZE:
+    raise PairError(f'{ir_path} / {vis_path}: {ir.shape[1]}x{ir.shape[0]} (WxH) is too small to fuse; ISFuse needs '
+                    f'at least {MIN_SIZE}x{MIN_SIZE} pixels')
   return ir, vis_y, crcb
 
 
@@ -52,12 +75,18 @@ def fuse_file(model: ISFuse, variables: Mapping[str, Any], ir_path: pathlib.Path
   images.save_fused(out_path, inference.fuse_luma(model, variables, vis_y, ir), crcb)
 
 
+def list_pairs(ir_dir: str, vis_dir: str, skip_bad: bool) -> tuple[list[images.ImagePair], list[tuple[str, str]]]:
+  """(pairs, skipped (file, reason)): the pairs of two folders; files without a partner are an error unless
+  skip_bad is set, which returns them as skipped."""
+  pairs, unpaired = images.pair_files(ir_dir, vis_dir, skip_unpaired=skip_bad)
+  return pairs, [tuple(line.partition(': ')[::2]) for line in unpaired]
+
+
 def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_dir: str, out_dir: str,
                 resize_to: str | None, skip_bad: bool) -> list[tuple[str, str]]:
   """Fuses every pair of two folders into out_dir; returns the skipped (name, reason) when skip_bad is set."""
-  pairs = images.find_pairs(ir_dir, vis_dir)
+  pairs, skipped = list_pairs(ir_dir, vis_dir, skip_bad)
   out_dir = pathlib.Path(out_dir)
-  skipped = []
   for pair in tqdm.tqdm(pairs, desc='fusing', unit='pair'):
     try:
       fuse_file(model, variables, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)

@@ -5,7 +5,7 @@ import pytest
 from cfi_jax import inference
 from input_pipeline import images
 from launch import checkpoints
-from launch import import_isfuse
+from launch import release_weights
 
 PAIRS = range(1, 6)
 
@@ -15,7 +15,7 @@ def imported(shared_dir, tmp_path_factory):
   """(model, variables) restored from the orbax checkpoint that the import binary writes from best.pth."""
   pytest.importorskip('torch')
   output_dir = tmp_path_factory.mktemp('imported') / 'ckpt'
-  import_isfuse.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
+  release_weights.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
   variables, config = checkpoints.restore_model_variables(output_dir)
   assert config['model'] == 'isfuse'
   assert config['source']['ignored_modules'] == ['adjust_channels3', 'module4', 'module5']

@@ -29,7 +29,7 @@ def model_config_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
           'image_size': config.data.image_size}
 
 
-class DFCCheckpointError(ValueError):
+class DFCCheckpointError(checkpoints.CheckpointError):
   """A checkpoint that is not a DFC-Net one; the message names the directory."""
 
 
