@@ -36,6 +36,22 @@ class ImageWriteError(errors.ProjectError, OSError):
   """An image file could not be written; the message names the file and the problem."""
 
 
+class PairError(errors.ProjectError, ValueError):
+  """A pair cannot be used (unreadable file, mismatched or too small sizes); the message names the files."""
+
+
+# What to do about a size mismatch: training needs aligned pairs, the fusion binaries can resize one image.
+ALIGN_PAIRS = 'the images of a pair must be aligned and the same size'
+RESIZE_FLAG = 'pass --resize_to=ir or --resize_to=vis'
+
+
+def size_mismatch(ir: PathLike, ir_shape: tuple[int, ...], vis: PathLike, vis_shape: tuple[int, ...],
+                  fix: str = ALIGN_PAIRS) -> PairError:
+  """The one error for a pair whose images differ in size: names both (files or pair names), their WxH and `fix`."""
+  return PairError(f'size mismatch: IR {ir} is {ir_shape[1]}x{ir_shape[0]} but VIS {vis} is '
+                   f'{vis_shape[1]}x{vis_shape[0]} (WxH); {fix}')
+
+
 class ImagePair(NamedTuple):
   name: str  # Output stem: the shared file stem, or <n> for IR<n>/VIS<n>.
   ir_path: pathlib.Path
@@ -194,8 +210,20 @@ def pair_files(ir_dir: PathLike, vis_dir: PathLike, *, skip_unpaired: bool) -> t
   return find_pairs(ir_dir, vis_dir), []
 
 
+def center_box(shape: tuple[int, ...], height: int, width: int) -> tuple[int, int, int, int]:
+  """(top, left, height, width) of the central height x width window of an image of `shape` (H, W, ...)."""
+  return (shape[0] - height) // 2, (shape[1] - width) // 2, height, width
+
+
+def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """The central height x width window of an HxW or HxWxC image."""
+  top, left, _, _ = center_box(image.shape, height, width)
+  return image[top:top + height, left:left + width]
+
+
 def quantize(y: np.ndarray) -> np.ndarray:
-  """The release's output rule: clamp to [0,1], x255, round (half to even, like torch.round) -> uint8."""
+  """The project's one float -> 8-bit rule (the release's): clamp to [0,1], x255, round half to even (like
+  torch.round) -> uint8."""
   return np.round(np.clip(np.asarray(y, np.float32), 0.0, 1.0) * np.float32(255)).astype(np.uint8)
 
 
@@ -221,11 +249,13 @@ def save_fused(path: PathLike, y: np.ndarray, crcb: np.ndarray | None = None) ->
     raise ImageWriteError(f'{path}: cannot write image ({e})') from e
 
 
-def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Resizes a float HxW or HxWxC image to (h, w) with Pillow's bilinear filter (antialiased when shrinking)."""
+def resize_image(img: np.ndarray, size: tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
+  """Resizes a float HxW or HxWxC image to (h, w) with Pillow's bilinear filter (antialiased when shrinking), one
+  channel at a time. `reducing_gap`: Pillow's box-averaging pre-shrink (faster on large reductions)."""
   h, w = size
   channels = img[..., None] if img.ndim == 2 else img
   resized = [np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c], np.float32))
-                        .resize((w, h), Image.Resampling.BILINEAR)) for c in range(channels.shape[-1])]
+                        .resize((w, h), Image.Resampling.BILINEAR, reducing_gap=reducing_gap))
+             for c in range(channels.shape[-1])]
   out = np.stack(resized, axis=-1)
   return out[..., 0] if img.ndim == 2 else out

@@ -60,8 +60,7 @@ def check_pair(pair: images.ImagePair) -> str | None:
   except images.ImageReadError as e:
     return str(e)
   if ir.shape[:2] != vis.shape[:2]:
-    return (f'{pair.ir_path} is {ir.shape[1]}x{ir.shape[0]} but {pair.vis_path} is {vis.shape[1]}x{vis.shape[0]} '
-            '(width x height): the images of a pair must be aligned and the same size')
+    return str(images.size_mismatch(pair.ir_path, ir.shape, pair.vis_path, vis.shape))
   return None
 
 
@@ -106,6 +105,5 @@ def load_pair(pair: images.ImagePair) -> dict[str, np.ndarray | str]:
   ir = images.load_ir(pair.ir_path)
   vis, _ = images.load_vis(pair.vis_path)
   if ir.shape != vis.shape:
-    raise errors.DataConfigError(f'{pair.ir_path} is {ir.shape[1]}x{ir.shape[0]} but {pair.vis_path} is '
-                     f'{vis.shape[1]}x{vis.shape[0]} (width x height): the images of a pair must be the same size')
+    raise images.size_mismatch(pair.ir_path, ir.shape, pair.vis_path, vis.shape)
   return {'name': pair.name, 'ir': ir, 'vis': vis}

@@ -170,8 +170,8 @@ class PairSource:
     except images.ImageReadError as e:
       raise images.ImageReadError(f'{self._where}, pair {name!r} (index {index}): {e}') from e
     if ir.shape != vis.shape:
-      raise errors.DataConfigError(f'{self._where}, pair {name!r} (index {index}): infrared {ir.shape} and visible '
-                       f'{vis.shape} differ in size')
+      where = f'of pair {name!r} (index {index}) of {self._where}'
+      raise images.size_mismatch(where, ir.shape, where, vis.shape)
     return {'name': name, 'ir': ir, 'vis': vis}
 
   def __repr__(self) -> str:

@@ -10,10 +10,8 @@ import math
 import pathlib
 from collections.abc import Sequence
 
-from absl import logging
 import numpy as np
 from PIL import Image
-import tqdm
 
 from cfi_jax import metrics
 from cfi_jax import metrics_report
@@ -145,16 +143,13 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
   rows: dict[str, list[dict[str, object]]] = {d: [] for d in dialects}
   grid_rows = []
   num_scored = 0
-  for pair in tqdm.tqdm([p for p in pairs if p.name not in skipped_names], desc='scoring', unit='pair'):
-    try:
-      ir, vis = load_sources(pair.ir_path, pair.vis_path, resize_to)
-      fused = load_fused(fused_index, fused_dir, pair.name, ir.shape[:2])
-    except fusion_files.PairError as e:
-      if not skip_bad:
-        raise
-      logging.warning('Skipping pair %s: %s', pair.name, e)
-      skipped.append((pair.name, str(e)))
-      continue
+
+  def load(pair: images.ImagePair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ir, vis = load_sources(pair.ir_path, pair.vis_path, resize_to)
+    return ir, vis, load_fused(fused_index, fused_dir, pair.name, ir.shape[:2])
+
+  todo = [p for p in pairs if p.name not in skipped_names]
+  for pair, (ir, vis, fused) in fusion_files.each_pair(todo, load, skip_bad, skipped, desc='scoring'):
     num_scored += 1
     for dialect in dialects:
       rows[dialect].extend({'name': pair.name, **r} for r in score_pair(fused, ir, vis, dialect, method, baselines))

@@ -4,8 +4,8 @@ Shared by launch.fuse and launch.evaluate (library code: no flags, no process ex
 """
 import os
 import pathlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 from absl import logging
 import numpy as np
@@ -13,13 +13,12 @@ import tqdm
 
 from cfi_jax import inference
 from cfi_jax.model import ISFuse
-from input_pipeline import errors
 from input_pipeline import images
 from launch import checkpoints
 
 
-class PairError(errors.ProjectError, ValueError):
-  """A pair cannot be fused or scored (unreadable file or mismatched sizes); the message names the files."""
+PairError = images.PairError
+T = TypeVar('T')
 
 
 def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[ISFuse, dict[str, Any]]:
@@ -38,8 +37,7 @@ def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[
 def size_mismatch(ir_path: pathlib.Path, ir_shape: tuple[int, ...], vis_path: pathlib.Path,
                   vis_shape: tuple[int, ...]) -> PairError:
   """The error for a pair whose images differ in size (without a resize_to choice)."""
-  return PairError(f'size mismatch: IR {ir_path} is {ir_shape[1]}x{ir_shape[0]} but VIS {vis_path} is '
-                   f'{vis_shape[1]}x{vis_shape[0]} (WxH); pass --resize_to=ir or --resize_to=vis')
+  return images.size_mismatch(ir_path, ir_shape, vis_path, vis_shape, images.RESIZE_FLAG)
 
 
 # Each of ISFuse's encoders halves the image twice (2x2 max pooling), so a smaller side leaves no pixel to pool.
@@ -82,17 +80,31 @@ def list_pairs(ir_dir: str, vis_dir: str, skip_bad: bool) -> tuple[list[images.I
   return pairs, [tuple(line.partition(': ')[::2]) for line in unpaired]
 
 
-def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_dir: str, out_dir: str,
-                resize_to: str | None, skip_bad: bool) -> list[tuple[str, str]]:
-  """Fuses every pair of two folders into out_dir; returns the skipped (name, reason) when skip_bad is set."""
-  pairs, skipped = list_pairs(ir_dir, vis_dir, skip_bad)
-  out_dir = pathlib.Path(out_dir)
-  for pair in tqdm.tqdm(pairs, desc='fusing', unit='pair'):
+def each_pair(pairs: Sequence[images.ImagePair], work: Callable[[images.ImagePair], T], skip_bad: bool,
+              skipped: list[tuple[str, str]], desc: str) -> Iterator[tuple[images.ImagePair, T]]:
+  """(pair, work(pair)) for every pair, with a progress bar; a PairError stops the run, or with skip_bad is logged,
+  appended to `skipped` as (name, reason) and the pair left out."""
+  for pair in tqdm.tqdm(pairs, desc=desc, unit='pair'):
     try:
-      fuse_file(model, variables, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)
+      result = work(pair)
     except PairError as e:
       if not skip_bad:
         raise
       logging.warning('Skipping pair %s: %s', pair.name, e)
       skipped.append((pair.name, str(e)))
+      continue
+    yield pair, result
+
+
+def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_dir: str, out_dir: str,
+                resize_to: str | None, skip_bad: bool) -> list[tuple[str, str]]:
+  """Fuses every pair of two folders into out_dir; returns the skipped (name, reason) when skip_bad is set."""
+  pairs, skipped = list_pairs(ir_dir, vis_dir, skip_bad)
+  out_dir = pathlib.Path(out_dir)
+
+  def fuse(pair: images.ImagePair) -> None:
+    fuse_file(model, variables, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)
+
+  for _ in each_pair(pairs, fuse, skip_bad, skipped, desc='fusing'):
+    pass
   return skipped

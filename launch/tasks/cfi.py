@@ -2,6 +2,7 @@
 import pathlib
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -25,12 +26,6 @@ def loss_config_from(config: ml_collections.ConfigDict) -> tuple[losses.LossConf
   return losses.ablation(config.ablation, holes=holes, **overrides)
 
 
-def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """The central height x width window of an HxW image."""
-  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-  return image[top:top + height, left:left + width]
-
-
 class CFITask(task_lib.Task):
   """Trains ISFuse with the CFI interventions and losses; evaluates with the fusion metrics.
 
@@ -48,6 +43,11 @@ class CFITask(task_lib.Task):
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.loss_config, ablation_model_kwargs = loss_config_from(config)
+    overridden = {k: v for k, v in ablation_model_kwargs.items() if config.model.get(k) != v}
+    if overridden:
+      logging.warning("config.ablation=%s sets model fields %s that the config says otherwise; the config variant "
+                      "',%s' (e.g. launch/configs/cfi.py:demo,%s) sets both, so the saved config says what trains.",
+                      config.ablation, overridden, config.ablation, config.ablation)
     self.loss_config.holes.check_fits(config.data.crop_size, config.data.crop_size)
     self._model_config = {**config.model.to_dict(), **ablation_model_kwargs}
     self.model = inference.model_from_config(self._model_config)
@@ -76,8 +76,8 @@ class CFITask(task_lib.Task):
         raise ValueError(f"The held-out split of dataset {self.config.data.name!r} is empty; nothing to evaluate.")
       height = min([self.config.eval.crop_size] + [p["ir"].shape[0] for p in pairs])
       width = min([self.config.eval.crop_size] + [p["ir"].shape[1] for p in pairs])
-      self._eval_pairs = [{"name": p["name"], "ir": center_crop(p["ir"], height, width),
-                           "vis": center_crop(p["vis"], height, width)} for p in pairs]
+      self._eval_pairs = [{"name": p["name"], "ir": images.center_crop(p["ir"], height, width),
+                           "vis": images.center_crop(p["vis"], height, width)} for p in pairs]
     return self._eval_pairs
 
   def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray]:
