@@ -42,7 +42,7 @@ def pair_folders(directory: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
 
 def split_folder(data_dir: PathLike, split: str) -> pathlib.Path:
   """Folder of `split` in a dataset root: `data_dir/<split>/` if it holds pairs, else `data_dir` itself for 'train'."""
-  data_dir = pathlib.Path(data_dir)
+  data_dir = pathlib.Path(data_dir).expanduser()
   if (data_dir / split / IR_FOLDER).is_dir():
     return data_dir / split
   if split == 'train' and (data_dir / IR_FOLDER).is_dir():
@@ -77,7 +77,7 @@ def scan_folders(ir_dir: PathLike, vis_dir: PathLike, *, skip_bad: bool = False,
   Raises:
     DataConfigError: without skip_bad, listing every problem found; also when no usable pair is left.
   """
-  ir_dir, vis_dir = pathlib.Path(ir_dir), pathlib.Path(vis_dir)
+  ir_dir, vis_dir = pathlib.Path(ir_dir).expanduser(), pathlib.Path(vis_dir).expanduser()
   pairs, skipped = images.pair_files(ir_dir, vis_dir, skip_unpaired=skip_bad)
   good, problems = [], []
   for pair in tqdm.tqdm(pairs, desc=f'checking pairs in {ir_dir.parent}', unit='pair', disable=not progress,

@@ -143,6 +143,8 @@ def build_dataset(source_dir: PathLike, *, name: str, data_dir: PathLike, skip_b
 
   `builder.skipped` lists what skip_bad=True left out; `builder.info.splits` the splits and their sizes.
   """
+  # A '~' that the shell left alone (--data_dir=~/x) would otherwise become a folder named '~'.
+  source_dir, data_dir = os.path.expanduser(source_dir), os.path.expanduser(data_dir)
   builder = make_builder(source_dir, name=name, data_dir=data_dir, skip_bad=skip_bad, ir_bit_depth=ir_bit_depth,
                          vis_bit_depth=vis_bit_depth)
   builder.download_and_prepare()
@@ -155,7 +157,7 @@ class PairSource:
   def __init__(self, name: str, split: str, data_dir: PathLike):
     self._where = f'TFDS dataset {name!r} split {split!r} in {data_dir}'
     skip = tfds.decode.SkipDecoding()
-    self._source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir),
+    self._source = tfds.data_source(name, split=split, data_dir=os.path.expanduser(data_dir),
                                     decoders={'ir': skip, 'vis': skip})
 
   def __len__(self) -> int:

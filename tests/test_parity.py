@@ -30,7 +30,8 @@ def test_reference_outputs(imported, shared_dir):
                                 np.load(ref / 'inputs' / f'{n}_ir.npy'))
     expected = np.load(ref / 'outputs' / f'{n}.npy')
     assert fused.shape == expected.shape
-    assert np.abs(fused - expected).max() <= 1e-4, f'pair {n}'
+    # Measured on CPU: at most 1.73e-6 over these pairs (float32 reassociation); 5e-6 leaves a small margin.
+    assert np.abs(fused - expected).max() <= 5e-6, f'pair {n}'
 
 
 def test_end_to_end_from_image_files(imported, shared_dir):
