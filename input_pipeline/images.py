@@ -198,8 +198,8 @@ def find_pairs(ir_dir: PathLike, vis_dir: PathLike) -> list[ImagePair]:
   """
   pairs, unpaired = match_pairs(ir_dir, vis_dir)
   if unpaired:
-    raise errors.DataConfigError(f'{len(unpaired)} image(s) without a partner in {ir_dir} / {vis_dir}:\n  ' +
-                     '\n  '.join(unpaired))
+    raise errors.DataConfigError(f'{len(unpaired)} image(s) without a partner in {ir_dir} / {vis_dir} (--skip_bad, '
+                                 'or data.skip_bad=True for training, leaves them out): ' + '; '.join(unpaired))
   return pairs
 
 

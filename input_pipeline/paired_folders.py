@@ -88,8 +88,8 @@ def scan_folders(ir_dir: PathLike, vis_dir: PathLike, *, skip_bad: bool = False,
     else:
       problems.append(problem)
   if problems and not skip_bad:
-    raise errors.DataConfigError(f'{len(problems)} bad pair(s) in {ir_dir} / {vis_dir} (skip_bad=True leaves them '
-                                 'out):\n  ' + '\n  '.join(problems))
+    raise errors.DataConfigError(f'{len(problems)} bad pair(s) in {ir_dir} / {vis_dir} (data.skip_bad=True leaves '
+                                 'them out): ' + '; '.join(problems))
   skipped += problems
   if skipped:
     logging.warning('Skipped %d file(s)/pair(s) in %s / %s:\n  %s', len(skipped), ir_dir, vis_dir,

@@ -15,8 +15,8 @@ from PIL import Image
 
 from cfi_jax import metrics
 from cfi_jax import metrics_report
-from cfi_jax import visualize
 from input_pipeline import errors
+from input_pipeline import grids
 from input_pipeline import images
 from launch import fusion_files
 
@@ -161,7 +161,7 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
           'num_pairs': num_scored, 'skipped': [{'name': n, 'reason': r} for n, r in skipped]}
   write_reports(output_dir, rows, info)
   if grid_rows:
-    Image.fromarray(visualize.make_grid(grid_rows)).save(output_dir / 'grid.png')
+    Image.fromarray(grids.make_grid(grid_rows)).save(output_dir / 'grid.png')
   return rows
 
 

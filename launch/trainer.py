@@ -87,10 +87,6 @@ def checkpoint_config(task: task_lib.Task, config: ml_collections.ConfigDict) ->
   }
 
 
-def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
-  return flax.traverse_util.flatten_dict(tree, sep=".")
-
-
 def resumable_fields(task: task_lib.Task) -> frozenset[str]:
   """Config fields (dotted paths) that may differ between a checkpoint and the run resuming from it."""
   return RESUMABLE_FIELDS | task.resumable_fields
@@ -109,7 +105,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
   for field in ("model", "process_count"):
     if saved.get(field) != current[field]:
       diffs.append(f"{field}: checkpoint {saved.get(field)!r}, now {current[field]!r}")
-  old, new = {**(added_field_defaults or {}), **_flatten(saved["experiment"])}, _flatten(current["experiment"])
+  flatten = lambda tree: flax.traverse_util.flatten_dict(tree, sep=".")
+  old, new = {**(added_field_defaults or {}), **flatten(saved["experiment"])}, flatten(current["experiment"])
   for key in sorted(old.keys() | new.keys()):
     if key in resumable or old.get(key, "<absent>") == new.get(key, "<absent>"):
       continue

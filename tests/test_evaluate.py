@@ -10,9 +10,9 @@ import pytest
 
 from cfi_jax import metrics
 from cfi_jax import metrics_report
-from cfi_jax import visualize
 from cfi_jax.model import ISFuse
 from input_pipeline import errors
+from input_pipeline import grids
 from input_pipeline import images
 from isfuse_test_utils import random_variables
 from launch import checkpoints
@@ -89,10 +89,10 @@ def test_fused_dir_on_tno_sdnet(shared_dir, tmp_path):
 
   grid = images.read_image(out / 'grid.png')
   h, w = 576, 768
-  assert grid.shape == (2 * h + visualize.GAP, 3 * w + 2 * visualize.GAP, 3)
+  assert grid.shape == (2 * h + grids.GAP, 3 * w + 2 * grids.GAP, 3)
   # Row 2, column 3 is the second fused image (gray, so all channels equal it).
   fused_02 = images.read_image(dirs['fused_SDNet'] / '02.png')
-  np.testing.assert_array_equal(grid[h + visualize.GAP:, 2 * (w + visualize.GAP):, 0], fused_02)
+  np.testing.assert_array_equal(grid[h + grids.GAP:, 2 * (w + grids.GAP):, 0], fused_02)
 
 
 @pytest.fixture(scope='module')
@@ -138,7 +138,7 @@ def test_checkpoint_mode_with_baselines(tiny_setup, tmp_path):
   report = json.loads((out / 'summary.json').read_text())
   assert set(report['dialects']) == {'tang2023', 'cddfuse'}
   assert list(report['dialects']['cddfuse']['summary']) == ['tiny_ckpt', 'average', 'maximum']
-  assert images.read_image(out / 'grid.png').shape == (SMALL[0], 3 * SMALL[1] + 2 * visualize.GAP, 3)
+  assert images.read_image(out / 'grid.png').shape == (SMALL[0], 3 * SMALL[1] + 2 * grids.GAP, 3)
 
 
 def test_bad_input(tiny_setup, tmp_path):
@@ -189,11 +189,11 @@ def test_summary_and_grid_helpers():
   assert summary == {'x': {'A': {'mean': 2.0, 'std': 1.0, 'count': 2}},
                      'y': {'A': {'mean': 5.0, 'std': 0.0, 'count': 1}}}
   assert metrics_report.markdown_table(summary, ['A'], digits=2).splitlines()[2] == '| x | 2.00 ± 1.00 |'
-  grid = visualize.make_grid([[np.zeros((2, 3), np.uint8), np.ones((2, 2, 3), np.float32)],
+  grid = grids.make_grid([[np.zeros((2, 3), np.uint8), np.ones((2, 2, 3), np.float32)],
                               [np.full((4, 1), 7, np.uint8)]], gap=1)
   assert grid.shape == (2 + 1 + 4, 3 + 1 + 2, 3)
   np.testing.assert_array_equal(grid[:2, 4:], 255)
   np.testing.assert_array_equal(grid[3:, 0], 7)
-  np.testing.assert_array_equal(grid[3:, 1:], visualize.GAP_VALUE)  # Padding of the short row.
+  np.testing.assert_array_equal(grid[3:, 1:], grids.GAP_VALUE)  # Padding of the short row.
   with pytest.raises(ValueError, match='HxW, HxWx1 or HxWx3'):
-    visualize.make_grid([[np.zeros((2, 2, 2))]])
+    grids.make_grid([[np.zeros((2, 2, 2))]])
