@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 from absl import logging
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -99,8 +100,10 @@ def save_inference_checkpoint(directory: PathLike, variables: Mapping[str, Any],
 def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
   # PyTreeCheckpointHandler (on-disk compatible with StandardSave) allows a partial restore of 'state', so
   # training checkpoints restore without knowing the optimizer state's structure.
+  # The 'data' handler is never used to restore here; naming it keeps orbax from warning about an unknown item.
   return ocp.CheckpointManager(directory, item_handlers={'state': ocp.PyTreeCheckpointHandler(),
-                                                         'config': ocp.JsonCheckpointHandler()})
+                                                         'config': ocp.JsonCheckpointHandler(),
+                                                         'data': grain.checkpoint.CheckpointHandler()})
 
 
 def _restore(directory: PathLike, step: int | None, restore: Callable[[ocp.CheckpointManager, int], T]) -> T:
