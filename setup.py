@@ -29,7 +29,9 @@ setuptools.setup(
         "dm-pix>=0.4.5,<0.5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
+        # ruff: the lint that .ci/run runs (rules in ruff.toml).
+        "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8",
+                 "ruff>=0.17,<0.18"],
         # Only for importing the authors' PyTorch weights and speed comparisons; pin the CPU wheel.
         "torch": ["torch==2.13.0"],
     },

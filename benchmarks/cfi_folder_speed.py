@@ -29,7 +29,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from input_pipeline import images  # pylint: disable=g-import-not-at-top
+from input_pipeline import images  # noqa: E402  (needs the sys.path line above)
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', '/tmp/isfuse_release', 'launch.import_isfuse output of best.pth.')
 _TORCH_CHECKPOINT = flags.DEFINE_string('torch_checkpoint', str(REPO.parent / 'shared/isfuse_reference/best.pth'),

@@ -67,18 +67,6 @@ class LossConfig:
     """The stacked views this config runs, in stack order (clean first)."""
     return interventions.view_names(complementary=self.complementary, random=self.random, dropout=self.dropout)
 
-  @classmethod
-  def from_dict(cls, values: Any) -> 'LossConfig':
-    """Builds a config from a mapping (e.g. an ml_collections ConfigDict); 'holes' may be a nested mapping."""
-    values = dict(values)
-    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise ValueError(f'unknown LossConfig fields: {sorted(unknown)}')
-    if 'holes' in values and not isinstance(values['holes'], interventions.HoleConfig):
-      values['holes'] = interventions.HoleConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
-                                                    for k, v in dict(values['holes']).items()})
-    return cls(**values)
-
 
 _NO_INTERVENTIONS = dict(use_inv=False, use_nec=False, complementary=False, random=False, dropout=False)
 

@@ -4,6 +4,7 @@ Pure conversion: no torch import, so it is testable and usable with any loader t
 """
 from collections.abc import Mapping
 
+import flax.traverse_util
 import numpy as np
 
 # Modules the release defines but never calls in forward(); their weights are in best.pth.
@@ -59,14 +60,8 @@ def _convert(path: tuple[str, ...], name: str, value: np.ndarray) -> tuple[str, 
   return collection, path + (leaf,), value
 
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], tuple[int, ...]]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, prefix + (key,)))
-    else:
-      out[prefix + (key,)] = tuple(value.shape)
-  return out
+def _leaf_shapes(tree: Mapping) -> dict[tuple[str, ...], tuple[int, ...]]:
+  return {path: tuple(leaf.shape) for path, leaf in flax.traverse_util.flatten_dict(dict(tree)).items()}
 
 
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:
@@ -90,7 +85,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], target_shapes: Mapp
     WeightImportError: naming every unknown key, shape mismatch and missing Flax variable.
   """
   expected = {(collection,) + path: shape for collection in ('params', 'batch_stats')
-              for path, shape in _flatten(target_shapes.get(collection, {})).items()}
+              for path, shape in _leaf_shapes(target_shapes.get(collection, {})).items()}
   variables: dict = {}
   ignored, problems = set(), []
   for key, value in state_dict.items():

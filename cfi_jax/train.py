@@ -25,7 +25,7 @@ release's statistics mix the masked and zero-input views with the clean one, whi
 pairs; 'clean_view' gives eval mode the statistics of the data it will meet. Training itself (train-mode outputs,
 losses, gradients) is the same either way.
 """
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax
@@ -46,13 +46,12 @@ RUNNING_STATS_MODES = ('all_views', 'clean_view')
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training step updates; `tx` and `apply_fn` are static (not part of the pytree)."""
+  """Everything a training step updates; `tx` is static (not part of the pytree)."""
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-  apply_fn: Callable[..., Any] = flax.struct.field(pytree_node=False)
 
 
 def make_optimizer(config: Mapping[str, Any] | None = None) -> optax.GradientTransformation:
@@ -72,7 +71,7 @@ def create_train_state(key: jax.Array, model: ISFuse, tx: optax.GradientTransfor
   variables = jax.jit(lambda k: model.init(k, dummy, dummy, train=False))(key)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
-                    opt_state=tx.init(params), tx=tx, apply_fn=model.apply)
+                    opt_state=tx.init(params), tx=tx)
 
 
 class BatchNormLayer(NamedTuple):
@@ -213,9 +212,3 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse
   metrics['grad_norm'] = optax.tree.norm(grads)
   return new_state, metrics
 
-
-def eval_step(state: TrainState, batch: Batch, *, model: ISFuse) -> jax.Array:
-  """Fused luminance [N,H,W,1] in [0,1] of a batch, BatchNorm in eval mode (running statistics)."""
-  out = model.apply({'params': state.params, 'batch_stats': state.batch_stats}, batch['vis'], batch['ir'],
-                    train=False)
-  return out.fused

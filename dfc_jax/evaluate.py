@@ -5,10 +5,10 @@ import functools
 import jax
 import numpy as np
 
-from cfi_jax import visualize
 from dfc_jax import metrics
 from dfc_jax import model as model_lib
 from dfc_jax import train
+from input_pipeline import grids
 
 
 class Evaluator:
@@ -66,5 +66,5 @@ def image_grid(columns: list[np.ndarray], rows: int) -> np.ndarray:
   """uint8 grid: one row per sample, one column per [N,H,W,3] [0, 1] image stack (e.g. source|target|output|truth)."""
   rows = min(rows, len(columns[0]))
   # Panels abut (no gap): the puppet renders share one background colour per row, which separates them already.
-  return visualize.make_grid([[c[i] for c in columns] for i in range(rows)], gap=0)
+  return grids.make_grid([[c[i] for c in columns] for i in range(rows)], gap=0)
 

@@ -19,6 +19,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from input_pipeline import errors
 from input_pipeline import images
 from input_pipeline import paired_folders
 from input_pipeline import synthetic_fusion
@@ -64,7 +65,7 @@ class SyntheticPairs:
 
   def __init__(self, num_scenes: int, size: int, seed: int, stream: int = _TRAIN_STREAM):
     if num_scenes < 1:
-      raise ValueError(f'need at least one synthetic scene, got num_scenes={num_scenes}')
+      raise errors.DataConfigError(f'need at least one synthetic scene, got num_scenes={num_scenes}')
     self._num_scenes, self._size, self._seed, self._stream = num_scenes, size, seed, stream
 
   def __len__(self) -> int:
@@ -98,11 +99,14 @@ def _folder_dirs(config: ml_collections.ConfigDict, *, train: bool) -> tuple[str
   if ir_dir or vis_dir:
     if not (ir_dir and vis_dir):
       prefix = '' if train else 'eval_'
-      raise ValueError(f'set both data.{prefix}ir_dir and data.{prefix}vis_dir (got {ir_dir!r} and {vis_dir!r})')
+      raise errors.DataConfigError(f'set both data.{prefix}ir_dir and data.{prefix}vis_dir (got {ir_dir!r} and '
+                                   f'{vis_dir!r})')
     return ir_dir, vis_dir
   if not config.data_dir:
-    raise ValueError("data.name='folder' needs data.data_dir (holding <split>/ir/ + <split>/vi/ or ir/ + vi/) "
-                     f'or data.{"" if train else "eval_"}ir_dir and data.{"" if train else "eval_"}vis_dir')
+    prefix = '' if train else 'eval_'
+    raise errors.DataConfigError("data.name='folder' needs a folder of pairs: pass --config.data.data_dir=DIR (holding "
+                                 '<split>/ir/ + <split>/vi/, or ir/ + vi/), or data.{0}ir_dir and '
+                                 'data.{0}vis_dir'.format(prefix))
   split = config.train_split if train else config.eval_split
   return tuple(map(str, paired_folders.pair_folders(paired_folders.split_folder(config.data_dir, split))))
 
@@ -113,17 +117,18 @@ def make_source(config: ml_collections.ConfigDict, *, train: bool):
     if train:
       return SyntheticPairs(config.num_synthetic, config.synthetic_size, config.synthetic_seed, _TRAIN_STREAM)
     if config.num_eval < 1:
-      raise ValueError(f'data.num_eval={config.num_eval}: synthetic evaluation needs a positive number of scenes')
+      raise errors.DataConfigError(f'data.num_eval={config.num_eval}: synthetic evaluation needs a positive number '
+                                   'of scenes')
     return SyntheticPairs(config.num_eval, config.synthetic_size, config.synthetic_seed, _EVAL_STREAM)
   if config.name == 'folder':
     return FolderPairs(*_folder_dirs(config, train=train), skip_bad=config.skip_bad)
   if config.name == 'tfds':
     if not config.tfds_name or not config.tfds_data_dir:
-      raise ValueError("data.name='tfds' needs data.tfds_name and data.tfds_data_dir (see "
+      raise errors.DataConfigError("data.name='tfds' needs data.tfds_name and data.tfds_data_dir (see "
                        'input_pipeline.tfds_fusion.build_dataset)')
     return tfds_fusion.PairSource(config.tfds_name, config.train_split if train else config.eval_split,
                                   config.tfds_data_dir)
-  raise ValueError(f'unknown data.name {config.name!r}; expected one of {", ".join(SOURCES)}')
+  raise errors.DataConfigError(f'unknown data.name {config.name!r}; expected one of {", ".join(SOURCES)}')
 
 
 def fit_to_crop(ir: np.ndarray, vis: np.ndarray, crop_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,12 +182,12 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
   Deterministic given (data_config, seed, process_index, process_count); processes read disjoint pairs.
   """
   if batch_size % process_count:
-    raise ValueError(f'batch_size {batch_size} is not divisible by the process count {process_count}')
+    raise errors.DataConfigError(f'batch_size {batch_size} is not divisible by the process count {process_count}')
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} is outside [0, {process_count})')
+    raise errors.DataConfigError(f'process_index {process_index} is outside [0, {process_count})')
   source = make_source(data_config, train=True)
   if len(source) < process_count:
-    raise ValueError(f'{len(source)} training pair(s) cannot be shared by {process_count} processes')
+    raise errors.DataConfigError(f'{len(source)} training pair(s) cannot be shared by {process_count} processes')
   per_process = batch_size // process_count
   ds = (grain.MapDataset.source(source)[process_index::process_count]
         .seed(_shard_seed(seed, process_index))

@@ -11,6 +11,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from input_pipeline import errors
+
 IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'})
 
 # OpenCV's float RGB->YCrCb coefficients (color_yuv: R2Y, G2Y, B2Y, YCRI, YCBI) and inverse (CR2R, CR2G, CB2G,
@@ -26,8 +28,28 @@ _NUMBERED_NAME = re.compile(r'^(?:ir|vis?)[_-]?(\d+)$', re.IGNORECASE)
 PathLike = str | os.PathLike
 
 
-class ImageReadError(ValueError):
+class ImageReadError(errors.ProjectError, ValueError):
   """An image file could not be read; the message names the file and the problem."""
+
+
+class ImageWriteError(errors.ProjectError, OSError):
+  """An image file could not be written; the message names the file and the problem."""
+
+
+class PairError(errors.ProjectError, ValueError):
+  """A pair cannot be used (unreadable file, mismatched or too small sizes); the message names the files."""
+
+
+# What to do about a size mismatch: training needs aligned pairs, the fusion binaries can resize one image.
+ALIGN_PAIRS = 'the images of a pair must be aligned and the same size'
+RESIZE_FLAG = 'pass --resize_to=ir or --resize_to=vis'
+
+
+def size_mismatch(ir: PathLike, ir_shape: tuple[int, ...], vis: PathLike, vis_shape: tuple[int, ...],
+                  fix: str = ALIGN_PAIRS) -> PairError:
+  """The one error for a pair whose images differ in size: names both (files or pair names), their WxH and `fix`."""
+  return PairError(f'size mismatch: IR {ir} is {ir_shape[1]}x{ir_shape[0]} but VIS {vis} is '
+                   f'{vis_shape[1]}x{vis_shape[0]} (WxH); {fix}')
 
 
 class ImagePair(NamedTuple):
@@ -135,7 +157,7 @@ def _natural_key(text: str) -> list:
 def _images_by_key(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   """Image files of a folder keyed by stem (IR<n>/VIS<n> -> n); duplicate keys are an error."""
   if not directory.is_dir():
-    raise ValueError(f'{directory}: not a directory')
+    raise errors.DataConfigError(f'{directory}: not a directory')
   by_key: dict[str, pathlib.Path] = {}
   for path in sorted(directory.iterdir()):
     if path.suffix.lower() not in IMAGE_EXTENSIONS or not path.is_file() or path.name.startswith('.'):
@@ -143,7 +165,7 @@ def _images_by_key(directory: pathlib.Path) -> dict[str, pathlib.Path]:
     match = _NUMBERED_NAME.match(path.stem)
     key = match.group(1) if match else path.stem
     if key in by_key:
-      raise ValueError(f'{directory}: {by_key[key].name} and {path.name} both map to the pair name {key!r}')
+      raise errors.DataConfigError(f'{directory}: {by_key[key].name} and {path.name} both map to the pair name {key!r}')
     by_key[key] = path
   return by_key
 
@@ -155,12 +177,12 @@ def match_pairs(ir_dir: PathLike, vis_dir: PathLike) -> tuple[list[ImagePair], l
     (pairs, unpaired): `unpaired` has one '<file>: no <modality> partner in <folder>' line per file left over.
 
   Raises:
-    ValueError: a folder is missing or neither folder has images.
+    DataConfigError: a folder is missing or neither folder has images.
   """
   ir = _images_by_key(pathlib.Path(ir_dir))
   vis = _images_by_key(pathlib.Path(vis_dir))
   if not ir and not vis:
-    raise ValueError(f'no images ({", ".join(sorted(IMAGE_EXTENSIONS))}) in {ir_dir} and {vis_dir}')
+    raise errors.DataConfigError(f'no images ({", ".join(sorted(IMAGE_EXTENSIONS))}) in {ir_dir} and {vis_dir}')
   unpaired = [f'{ir[k]}: no visible partner in {vis_dir}' for k in sorted(ir.keys() - vis.keys(), key=_natural_key)]
   unpaired += [f'{vis[k]}: no infrared partner in {ir_dir}'
                for k in sorted(vis.keys() - ir.keys(), key=_natural_key)]
@@ -172,17 +194,36 @@ def find_pairs(ir_dir: PathLike, vis_dir: PathLike) -> list[ImagePair]:
   """`match_pairs`, but every file must have a partner.
 
   Raises:
-    ValueError: a folder is missing, has no images, or a file has no partner (all unpaired files are listed).
+    DataConfigError: a folder is missing, has no images, or a file has no partner (all unpaired files are listed).
   """
   pairs, unpaired = match_pairs(ir_dir, vis_dir)
   if unpaired:
-    raise ValueError(f'{len(unpaired)} image(s) without a partner in {ir_dir} / {vis_dir}:\n  ' +
-                     '\n  '.join(unpaired))
+    raise errors.DataConfigError(f'{len(unpaired)} image(s) without a partner in {ir_dir} / {vis_dir} (--skip_bad, '
+                                 'or data.skip_bad=True for training, leaves them out): ' + '; '.join(unpaired))
   return pairs
 
 
+def pair_files(ir_dir: PathLike, vis_dir: PathLike, *, skip_unpaired: bool) -> tuple[list[ImagePair], list[str]]:
+  """(pairs, unpaired): `match_pairs` when skip_unpaired is set, else `find_pairs` (every file needs a partner)."""
+  if skip_unpaired:
+    return match_pairs(ir_dir, vis_dir)
+  return find_pairs(ir_dir, vis_dir), []
+
+
+def center_box(shape: tuple[int, ...], height: int, width: int) -> tuple[int, int, int, int]:
+  """(top, left, height, width) of the central height x width window of an image of `shape` (H, W, ...)."""
+  return (shape[0] - height) // 2, (shape[1] - width) // 2, height, width
+
+
+def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """The central height x width window of an HxW or HxWxC image."""
+  top, left, _, _ = center_box(image.shape, height, width)
+  return image[top:top + height, left:left + width]
+
+
 def quantize(y: np.ndarray) -> np.ndarray:
-  """The release's output rule: clamp to [0,1], x255, round (half to even, like torch.round) -> uint8."""
+  """The project's one float -> 8-bit rule (the release's): clamp to [0,1], x255, round half to even (like
+  torch.round) -> uint8."""
   return np.round(np.clip(np.asarray(y, np.float32), 0.0, 1.0) * np.float32(255)).astype(np.uint8)
 
 
@@ -205,14 +246,16 @@ def save_fused(path: PathLike, y: np.ndarray, crcb: np.ndarray | None = None) ->
   try:
     image.save(path)
   except (OSError, ValueError) as e:
-    raise OSError(f'{path}: cannot write image ({e})') from e
+    raise ImageWriteError(f'{path}: cannot write image ({e})') from e
 
 
-def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Resizes a float HxW or HxWxC image to (h, w) with Pillow's bilinear filter (antialiased when shrinking)."""
+def resize_image(img: np.ndarray, size: tuple[int, int], reducing_gap: float | None = None) -> np.ndarray:
+  """Resizes a float HxW or HxWxC image to (h, w) with Pillow's bilinear filter (antialiased when shrinking), one
+  channel at a time. `reducing_gap`: Pillow's box-averaging pre-shrink (faster on large reductions)."""
   h, w = size
   channels = img[..., None] if img.ndim == 2 else img
   resized = [np.asarray(Image.fromarray(np.ascontiguousarray(channels[..., c], np.float32))
-                        .resize((w, h), Image.Resampling.BILINEAR)) for c in range(channels.shape[-1])]
+                        .resize((w, h), Image.Resampling.BILINEAR, reducing_gap=reducing_gap))
+             for c in range(channels.shape[-1])]
   out = np.stack(resized, axis=-1)
   return out[..., 0] if img.ndim == 2 else out

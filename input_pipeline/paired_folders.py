@@ -12,6 +12,7 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from input_pipeline import errors
 from input_pipeline import images
 
 PathLike = str | os.PathLike
@@ -30,21 +31,23 @@ def pair_folders(directory: PathLike) -> tuple[pathlib.Path, pathlib.Path]:
   ir_dir = directory / IR_FOLDER
   vis_dirs = [directory / name for name in VIS_FOLDERS if (directory / name).is_dir()]
   if not ir_dir.is_dir() or not vis_dirs:
-    raise ValueError(f'{directory}: expected subfolders {IR_FOLDER}/ and {VIS_FOLDERS[0]}/ (or {VIS_FOLDERS[1]}/) '
-                     'holding the infrared and visible images of each pair (same file stem, or IR<n>/VIS<n>)')
+    raise errors.DataConfigError(f'{directory}: expected subfolders {IR_FOLDER}/ and {VIS_FOLDERS[0]}/ (or '
+                                 f'{VIS_FOLDERS[1]}/) holding the infrared and visible images of each pair (same '
+                                 'file stem, or IR<n>/VIS<n>)')
   if len(vis_dirs) > 1:
-    raise ValueError(f'{directory}: both {VIS_FOLDERS[0]}/ and {VIS_FOLDERS[1]}/ exist; keep one visible folder')
+    raise errors.DataConfigError(f'{directory}: both {VIS_FOLDERS[0]}/ and {VIS_FOLDERS[1]}/ exist; keep one visible '
+                                 'folder')
   return ir_dir, vis_dirs[0]
 
 
 def split_folder(data_dir: PathLike, split: str) -> pathlib.Path:
   """Folder of `split` in a dataset root: `data_dir/<split>/` if it holds pairs, else `data_dir` itself for 'train'."""
-  data_dir = pathlib.Path(data_dir)
+  data_dir = pathlib.Path(data_dir).expanduser()
   if (data_dir / split / IR_FOLDER).is_dir():
     return data_dir / split
   if split == 'train' and (data_dir / IR_FOLDER).is_dir():
     return data_dir
-  raise ValueError(f'{data_dir}: no {split!r} split; expected {data_dir / split}/{IR_FOLDER}/ and '
+  raise errors.DataConfigError(f'{data_dir}: no {split!r} split; expected {data_dir / split}/{IR_FOLDER}/ and '
                    f'{VIS_FOLDERS[0]}/' + (f' (or {IR_FOLDER}/ and {VIS_FOLDERS[0]}/ directly in it)'
                                            if split == 'train' else ''))
 
@@ -57,8 +60,7 @@ def check_pair(pair: images.ImagePair) -> str | None:
   except images.ImageReadError as e:
     return str(e)
   if ir.shape[:2] != vis.shape[:2]:
-    return (f'{pair.ir_path} is {ir.shape[1]}x{ir.shape[0]} but {pair.vis_path} is {vis.shape[1]}x{vis.shape[0]} '
-            '(width x height): the images of a pair must be aligned and the same size')
+    return str(images.size_mismatch(pair.ir_path, ir.shape, pair.vis_path, vis.shape))
   return None
 
 
@@ -73,13 +75,10 @@ def scan_folders(ir_dir: PathLike, vis_dir: PathLike, *, skip_bad: bool = False,
     progress: show a progress bar while reading.
 
   Raises:
-    ValueError: without skip_bad, listing every problem found; also when no usable pair is left.
+    DataConfigError: without skip_bad, listing every problem found; also when no usable pair is left.
   """
-  ir_dir, vis_dir = pathlib.Path(ir_dir), pathlib.Path(vis_dir)
-  if skip_bad:
-    pairs, skipped = images.match_pairs(ir_dir, vis_dir)
-  else:
-    pairs, skipped = images.find_pairs(ir_dir, vis_dir), []
+  ir_dir, vis_dir = pathlib.Path(ir_dir).expanduser(), pathlib.Path(vis_dir).expanduser()
+  pairs, skipped = images.pair_files(ir_dir, vis_dir, skip_unpaired=skip_bad)
   good, problems = [], []
   for pair in tqdm.tqdm(pairs, desc=f'checking pairs in {ir_dir.parent}', unit='pair', disable=not progress,
                         leave=False):
@@ -89,14 +88,15 @@ def scan_folders(ir_dir: PathLike, vis_dir: PathLike, *, skip_bad: bool = False,
     else:
       problems.append(problem)
   if problems and not skip_bad:
-    raise ValueError(f'{len(problems)} bad pair(s) in {ir_dir} / {vis_dir} (skip_bad=True leaves them out):\n  ' +
-                     '\n  '.join(problems))
+    raise errors.DataConfigError(f'{len(problems)} bad pair(s) in {ir_dir} / {vis_dir} (data.skip_bad=True leaves '
+                                 'them out): ' + '; '.join(problems))
   skipped += problems
   if skipped:
     logging.warning('Skipped %d file(s)/pair(s) in %s / %s:\n  %s', len(skipped), ir_dir, vis_dir,
                     '\n  '.join(skipped))
   if not good:
-    raise ValueError(f'no usable pairs in {ir_dir} / {vis_dir}' + (f' ({len(skipped)} skipped)' if skipped else ''))
+    raise errors.DataConfigError(f'no usable pairs in {ir_dir} / {vis_dir}' +
+                                 (f' ({len(skipped)} skipped)' if skipped else ''))
   return FolderScan(good, skipped)
 
 
@@ -105,6 +105,5 @@ def load_pair(pair: images.ImagePair) -> dict[str, np.ndarray | str]:
   ir = images.load_ir(pair.ir_path)
   vis, _ = images.load_vis(pair.vis_path)
   if ir.shape != vis.shape:
-    raise ValueError(f'{pair.ir_path} is {ir.shape[1]}x{ir.shape[0]} but {pair.vis_path} is '
-                     f'{vis.shape[1]}x{vis.shape[0]} (width x height): the images of a pair must be the same size')
+    raise images.size_mismatch(pair.ir_path, ir.shape, pair.vis_path, vis.shape)
   return {'name': pair.name, 'ir': ir, 'vis': vis}

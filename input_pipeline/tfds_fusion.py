@@ -21,6 +21,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from input_pipeline import errors
 from input_pipeline import images
 from input_pipeline import paired_folders
 
@@ -36,11 +37,13 @@ def find_splits(source_dir: PathLike) -> dict[str, pathlib.Path]:
   splits = {p.name: p for p in sorted(source_dir.iterdir()) if (p / paired_folders.IR_FOLDER).is_dir()} \
       if source_dir.is_dir() else {}
   if not splits:
-    raise ValueError(f'{source_dir}: found neither {paired_folders.IR_FOLDER}/ + {paired_folders.VIS_FOLDERS[0]}/ '
-                     f'nor split folders (e.g. train/, test/) that hold them')
+    raise errors.DataConfigError(f'{source_dir}: found neither {paired_folders.IR_FOLDER}/ + '
+                                 f'{paired_folders.VIS_FOLDERS[0]}/ nor split folders (e.g. train/, test/) that '
+                                 'hold them')
   for split in splits:
     if not re.fullmatch(r'\w+', split):
-      raise ValueError(f'{source_dir / split}: split folder names may only hold letters, digits and underscores')
+      raise errors.DataConfigError(f'{source_dir / split}: split folder names may only hold letters, digits and '
+                                   'underscores')
   return splits
 
 
@@ -55,7 +58,7 @@ class PairedFusion(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                vis_bit_depth: int = 8, **kwargs):
     for what, bits in (('ir_bit_depth', ir_bit_depth), ('vis_bit_depth', vis_bit_depth)):
       if bits not in _DTYPES:
-        raise ValueError(f'{what} must be 8 or 16, got {bits}')
+        raise errors.DataConfigError(f'{what} must be 8 or 16, got {bits}')
     self._source_dir = pathlib.Path(source_dir)
     self._splits = find_splits(self._source_dir)
     self._skip_bad = skip_bad
@@ -118,7 +121,7 @@ class PairedFusion(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _check_dtype(img: np.ndarray, dtype, path: pathlib.Path, option: str) -> None:
   if img.dtype != dtype:
     bits = img.dtype.itemsize * 8
-    raise ValueError(f'{path}: {bits}-bit image in a dataset built with {option}={np.iinfo(dtype).bits} '
+    raise errors.DataConfigError(f'{path}: {bits}-bit image in a dataset built with {option}={np.iinfo(dtype).bits} '
                      f'(rebuild with {option}={bits}, or skip_bad=True to leave it out)')
 
 
@@ -126,7 +129,7 @@ def make_builder(source_dir: PathLike, *, name: str, data_dir: PathLike, skip_ba
                  ir_bit_depth: int = 8, vis_bit_depth: int = 8) -> PairedFusion:
   """A PairedFusion builder named `name` (lower_snake_case) that writes array_record files under `data_dir`."""
   if not re.fullmatch(r'[a-z][a-z0-9_]*', name):
-    raise ValueError(f'dataset name {name!r} must be lower_snake_case (letters, digits, underscores)')
+    raise errors.DataConfigError(f'dataset name {name!r} must be lower_snake_case (letters, digits, underscores)')
   # A fresh subclass per name: TFDS takes the dataset name (and so its folder) from the class.
   builder_class = type(f'PairedFusion_{name}', (PairedFusion,), {'name': name, '__module__': __name__},
                        skip_registration=True)
@@ -140,6 +143,8 @@ def build_dataset(source_dir: PathLike, *, name: str, data_dir: PathLike, skip_b
 
   `builder.skipped` lists what skip_bad=True left out; `builder.info.splits` the splits and their sizes.
   """
+  # A '~' that the shell left alone (--data_dir=~/x) would otherwise become a folder named '~'.
+  source_dir, data_dir = os.path.expanduser(source_dir), os.path.expanduser(data_dir)
   builder = make_builder(source_dir, name=name, data_dir=data_dir, skip_bad=skip_bad, ir_bit_depth=ir_bit_depth,
                          vis_bit_depth=vis_bit_depth)
   builder.download_and_prepare()
@@ -152,7 +157,7 @@ class PairSource:
   def __init__(self, name: str, split: str, data_dir: PathLike):
     self._where = f'TFDS dataset {name!r} split {split!r} in {data_dir}'
     skip = tfds.decode.SkipDecoding()
-    self._source = tfds.data_source(name, split=split, data_dir=os.fspath(data_dir),
+    self._source = tfds.data_source(name, split=split, data_dir=os.path.expanduser(data_dir),
                                     decoders={'ir': skip, 'vis': skip})
 
   def __len__(self) -> int:
@@ -167,8 +172,8 @@ class PairSource:
     except images.ImageReadError as e:
       raise images.ImageReadError(f'{self._where}, pair {name!r} (index {index}): {e}') from e
     if ir.shape != vis.shape:
-      raise ValueError(f'{self._where}, pair {name!r} (index {index}): infrared {ir.shape} and visible '
-                       f'{vis.shape} differ in size')
+      where = f'of pair {name!r} (index {index}) of {self._where}'
+      raise images.size_mismatch(where, ir.shape, where, vis.shape)
     return {'name': name, 'ir': ir, 'vis': vis}
 
   def __repr__(self) -> str:

@@ -8,9 +8,7 @@ import os
 import pathlib
 from typing import Sequence
 
-import grain
 import numpy as np
-from PIL import Image
 
 from input_pipeline import errors
 from input_pipeline import images
@@ -23,11 +21,11 @@ def list_frames(folder: PathLike) -> list[pathlib.Path]:
   """Image files of `folder` in natural (frame-number) order; at least two, or a ValueError naming the folder."""
   folder = pathlib.Path(folder)
   if not folder.is_dir():
-    raise FileNotFoundError(f'frame folder {folder} does not exist')
+    raise errors.DataConfigError(f'frame folder {folder} does not exist')
   frames = sorted((p for p in folder.iterdir() if p.suffix.lower() in images.IMAGE_EXTENSIONS),
                   key=lambda p: images._natural_key(p.stem))  # pylint: disable=protected-access (shared ordering)
   if len(frames) < 2:
-    raise ValueError(f'{folder}: needs at least 2 image frames to make pairs, found {len(frames)}')
+    raise errors.DataConfigError(f'{folder}: needs at least 2 image frames to make pairs, found {len(frames)}')
   return frames
 
 
@@ -48,13 +46,12 @@ def crop_box(shape: Sequence[int], crop: str | Box | None) -> Box:
   if crop is None:
     return 0, 0, h, w
   if crop == 'center':
-    side = min(h, w)
-    return (h - side) // 2, (w - side) // 2, side, side
+    return images.center_box((h, w), min(h, w), min(h, w))
   if isinstance(crop, str):
     raise ValueError(f"crop must be None, 'center' or (top, left, height, width); got {crop!r}")
   top, left, height, width = (int(v) for v in crop)
   if top < 0 or left < 0 or height <= 0 or width <= 0 or top + height > h or left + width > w:
-    raise ValueError(f'crop box {crop} does not fit a {h}x{w} frame')
+    raise errors.DataConfigError(f'crop box {crop} does not fit a {h}x{w} frame')
   return top, left, height, width
 
 
@@ -66,10 +63,8 @@ def load_frame(path: PathLike, size: int, crop: str | Box | None = 'center') -> 
   top, left, height, width = crop_box(array.shape, crop)
   unit = images.to_unit_float(array[top:top + height, left:left + width])
   # Pillow's reducing_gap pre-shrinks by box averaging before the bilinear pass, so large frames do not alias.
-  reducing_gap = 2.0 if size < min(height, width) else None
-  resized = [np.asarray(Image.fromarray(np.ascontiguousarray(unit[..., c])).resize(
-      (size, size), Image.Resampling.BILINEAR, reducing_gap=reducing_gap)) for c in range(3)]
-  return np.clip(np.stack(resized, axis=-1), 0.0, 1.0).astype(np.float32)
+  resized = images.resize_image(unit, (size, size), reducing_gap=2.0 if size < min(height, width) else None)
+  return np.clip(resized, 0.0, 1.0).astype(np.float32)
 
 
 def frame_pairs(num_frames: int, num_pairs: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -146,28 +141,3 @@ def load_pairs(frames: Sequence[pathlib.Path], pairs: Sequence[tuple[int, int]],
   source = np.stack([loaded[i] for i, _ in pairs])
   return {'source': source, 'target': np.stack([loaded[j] for _, j in pairs]), 'truth': source}
 
-
-class FramePairSource:
-  """Random-access distinct pairs {'source': frame i, 'target': frame j, 'truth': frame i} of one person's frames
-  (num_pairs, or every ordered pair when there are fewer)."""
-
-  def __init__(self, folder: PathLike, size: int, num_pairs: int, *, crop: str | Box | None = 'center',
-               seed: int = 0):
-    self.frames = list_frames(folder)
-    self.size, self.crop = size, crop
-    self.pairs = frame_pairs(len(self.frames), num_pairs, seed)
-
-  def __len__(self) -> int:
-    return len(self.pairs)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    i, j = self.pairs[index]
-    source = load_frame(self.frames[i], self.size, self.crop)
-    return {'source': source, 'target': load_frame(self.frames[j], self.size, self.crop), 'truth': source}
-
-
-def make_pair_dataset(folder: PathLike, size: int, num_pairs: int, *, batch_size: int,
-                      crop: str | Box | None = 'center', seed: int = 0) -> grain.MapDataset:
-  """Batched grain dataset over FramePairSource (the last partial batch is kept)."""
-  source = FramePairSource(folder, size, num_pairs, crop=crop, seed=seed)
-  return grain.MapDataset.source(source).batch(batch_size)

@@ -8,89 +8,39 @@ The data (puppet world and resolution, or video frames and their held-out test f
 was trained on (its saved experiment config); --test_frames_dir evaluates a video-frames checkpoint on other
 frames of the same person. Writes DIR/metrics.json and DIR/<split>.png, and prints the metrics.
 """
-import json
-import pathlib
-import sys
-
 from absl import app
 from absl import flags
-from PIL import Image
 
-from dfc_jax import evaluate as dfc_evaluate
-from input_pipeline import pose_data
 from input_pipeline import puppets
-from launch.tasks import dfc as dfc_task
+from launch import cli
+from launch import dfc_files
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """Defines the flags; only when run as a program, since other binaries (launch.fuse) use the same names."""
-  flags.DEFINE_string('checkpoint', None, 'orbax checkpoint directory of a DFC-Net run (WORKDIR/checkpoints).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step; the latest by default.')
-  flags.DEFINE_string('out', None, 'Output folder for metrics.json and the grids.')
-  flags.DEFINE_list('splits', ['test_unseen_characters', 'test_unseen_animations'],
-                    f'Puppet splits to evaluate, from {puppets.SPLITS[:3]}; video frames have one test split.')
-  flags.DEFINE_string('test_frames_dir', None,
-                      'Video-frames checkpoints: evaluate on these frames instead of the held-out ones.')
-  flags.DEFINE_integer('num_samples', 256, 'Pairs per split.')
-  flags.DEFINE_integer('calibration_samples', 512,
-                       'Train-split renders used to map learned keypoints to the true joints.')
-  flags.DEFINE_integer('grid_rows', 8, 'Rows of each PNG grid.')
-  flags.DEFINE_integer('sample_seed', 0, 'Seed of the drawn test pairs.')
-  flags.mark_flags_as_required(['checkpoint', 'out'])
-
-
-def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
-                        step: int | None = None, sample_seed: int = 0,
-                        test_frames_dir: str | None = None) -> dict[str, dict[str, float]]:
-  """Metrics per split of a checkpoint; writes out/metrics.json and out/<split>.png.
-
-  `splits` are puppet splits; a video-frames checkpoint is evaluated on its one test split (its held-out frames, or
-  `test_frames_dir`).
-  """
-  data_config = dfc_task.training_data_config(checkpoint, step)
-  if data_config.name == 'puppets':
-    if test_frames_dir:
-      raise ValueError(f'{checkpoint}: --test_frames_dir applies to checkpoints trained on video frames; this one '
-                       'was trained on puppets')
-    for split in splits:
-      if split not in puppets.SPLITS[:3]:
-        raise ValueError(f'unknown split {split!r}; choose from {puppets.SPLITS[:3]}')
-  elif test_frames_dir:
-    data_config.test_frames_dir = test_frames_dir
-  splits = pose_data.eval_splits(data_config, splits)
-  out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  generator, g_params, _ = dfc_task.load_generator(checkpoint, step)
-  evaluator = dfc_evaluate.Evaluator(generator)
-  regressor = None
-  if data_config.name == 'puppets':
-    regressor = evaluator.joint_regressor(g_params, pose_data.make_calibration_set(data_config, calibration_samples))
-  results = {}
-  for split in splits:
-    eval_set = pose_data.make_eval_set(data_config, split, num_samples, sample_seed=sample_seed)
-    results[split], output = evaluator.evaluate(g_params, eval_set, regressor)
-    grid = dfc_evaluate.image_grid([eval_set['source'], eval_set['target'], output, eval_set['truth']], grid_rows)
-    Image.fromarray(grid).save(out / f'{split}.png')
-  (out / 'metrics.json').write_text(json.dumps(results, indent=2) + '\n')
-  return results
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None,
+                                  'orbax checkpoint directory of a DFC-Net run (WORKDIR/checkpoints).')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; the newest readable one by default.')
+_OUT = flags.DEFINE_string('out', None, 'Output folder for metrics.json and the grids.')
+_SPLITS = flags.DEFINE_list('splits', ['test_unseen_characters', 'test_unseen_animations'],
+                            f'Puppet splits to evaluate, from {puppets.SPLITS[:3]}; video frames have one test split.')
+_TEST_FRAMES_DIR = flags.DEFINE_string(
+    'test_frames_dir', None, 'Video-frames checkpoints: evaluate on these frames instead of the held-out ones.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 256, 'Pairs per split.')
+_CALIBRATION_SAMPLES = flags.DEFINE_integer('calibration_samples', 512,
+                                            'Train-split renders used to map learned keypoints to the true joints.')
+_GRID_ROWS = flags.DEFINE_integer('grid_rows', 8, 'Rows of each PNG grid.')
+_SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 0, 'Seed of the drawn test pairs.')
+flags.mark_flags_as_required(['checkpoint', 'out'])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    results = evaluate_checkpoint(FLAGS.checkpoint, FLAGS.out, splits=FLAGS.splits, num_samples=FLAGS.num_samples,
-                                  calibration_samples=FLAGS.calibration_samples, grid_rows=FLAGS.grid_rows,
-                                  step=FLAGS.step, sample_seed=FLAGS.sample_seed,
-                                  test_frames_dir=FLAGS.test_frames_dir)
-  except (FileNotFoundError, ValueError) as e:  # DFCCheckpointError is a ValueError
-    sys.exit(f'Error: {e}')
+  results = dfc_files.evaluate_checkpoint(
+      _CHECKPOINT.value, _OUT.value, splits=_SPLITS.value, num_samples=_NUM_SAMPLES.value,
+      calibration_samples=_CALIBRATION_SAMPLES.value, grid_rows=_GRID_ROWS.value, step=_STEP.value,
+      sample_seed=_SAMPLE_SEED.value, test_frames_dir=_TEST_FRAMES_DIR.value)
   for split, values in results.items():
     print(split + ': ' + ', '.join(f'{k} {v:.4f}' for k, v in values.items()))
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main)
+  cli.run(main)

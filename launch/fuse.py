@@ -13,12 +13,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from cfi_jax import inference
-from launch import checkpoints
+from launch import cli
 from launch import compile_cache
 from launch import fusion_files
-from launch import fusion_flags
 
+_CHECKPOINT, _STEP, _IR_DIR, _VIS_DIR, _RESIZE_TO, _SKIP_BAD = cli.define_pair_flags()
 _IR = flags.DEFINE_string('ir', None, 'Single mode: infrared image.')
 _VIS = flags.DEFINE_string('vis', None, 'Single mode: visible image.')
 _OUT = flags.DEFINE_string('out', None, 'Single mode: output image path (format from the extension).')
@@ -30,34 +29,25 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   compile_cache.enable()
   single = (_IR.value, _VIS.value, _OUT.value)
-  folder = (fusion_flags.IR_DIR.value, fusion_flags.VIS_DIR.value, _OUT_DIR.value)
-  if not fusion_flags.CHECKPOINT.value:
+  folder = (_IR_DIR.value, _VIS_DIR.value, _OUT_DIR.value)
+  if not _CHECKPOINT.value:
     raise app.UsageError('--checkpoint is required')
   if any(single) == any(folder) or not (all(single) or all(folder)):
     raise app.UsageError('give either --ir, --vis and --out, or --ir_dir, --vis_dir and --out_dir')
-  if fusion_flags.SKIP_BAD.value and all(single):
+  if _SKIP_BAD.value and all(single):
     raise app.UsageError('--skip_bad applies to folder mode only')
 
-  checkpoint = fusion_flags.CHECKPOINT.value
-  variables, config = checkpoints.restore_model_variables(checkpoint, fusion_flags.STEP.value)
-  if config['model'] != 'isfuse':
-    raise SystemExit(f'{checkpoint} holds a {config["model"]!r} model; launch.fuse needs an isfuse checkpoint')
-  model = inference.model_from_config(config['model_config'])
-
-  try:
-    if all(single):
-      fusion_files.fuse_file(model, variables, pathlib.Path(_IR.value), pathlib.Path(_VIS.value),
-                             pathlib.Path(_OUT.value), fusion_flags.RESIZE_TO.value)
-      logging.info('Wrote %s', _OUT.value)
-      return
-    skipped = fusion_files.fuse_folder(model, variables, fusion_flags.IR_DIR.value, fusion_flags.VIS_DIR.value,
-                                       _OUT_DIR.value, fusion_flags.RESIZE_TO.value, fusion_flags.SKIP_BAD.value)
-  except (ValueError, OSError) as e:  # Bad pairs, folders or output paths: the message names the file.
-    raise SystemExit(f'error: {e}') from e
-  if skipped:
-    logging.warning('Skipped %d pair(s):\n  %s', len(skipped), '\n  '.join(f'{n}: {r}' for n, r in skipped))
+  model, variables = fusion_files.load_model(_CHECKPOINT.value, _STEP.value)
+  if all(single):
+    fusion_files.fuse_file(model, variables, pathlib.Path(_IR.value), pathlib.Path(_VIS.value),
+                           pathlib.Path(_OUT.value), _RESIZE_TO.value)
+    logging.info('Wrote %s', _OUT.value)
+    return
+  skipped = fusion_files.fuse_folder(model, variables, _IR_DIR.value, _VIS_DIR.value, _OUT_DIR.value,
+                                     _RESIZE_TO.value, _SKIP_BAD.value)
+  cli.report_skipped(skipped)
   logging.info('Wrote fused images to %s (%d skipped).', _OUT_DIR.value, len(skipped))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

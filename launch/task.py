@@ -2,9 +2,14 @@
 
 A task owns everything model-specific: the dataset, the train state, the pure train step and the evaluation. The
 loop owns everything else: devices and shardings, jit, PRNG keys, checkpoints, logging and resume.
+
+A family subclasses Task, which gives the optional parts (resumable_fields, added_field_defaults, write_samples)
+their defaults, so the loop reads them as plain attributes.
 """
 import pathlib
-from typing import Any, Protocol, runtime_checkable
+import types
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import grain
 import jax
@@ -21,14 +26,15 @@ class Task(Protocol):
 
   Attributes:
     name: the model name written into the checkpoint config as 'model' ('isfuse' | 'dfc').
-
-  A task may also have `resumable_fields`: dotted config paths that change how a step runs but not what it computes
-  (CFI's view_batching), so a run may resume from a checkpoint written with other values (launch/trainer.py);
-  and `added_field_defaults`: {dotted config path: value} for fields added after checkpoints were already being
-  written, the value reproducing what the code did before, so those older checkpoints still resume.
+    resumable_fields: dotted config paths that change how a step runs but not what it computes (CFI's
+      view_batching), so a run may resume from a checkpoint written with other values (launch/trainer.py).
+    added_field_defaults: {dotted config path: value} for fields added after checkpoints were already being
+      written, the value reproducing what the code did before, so those older checkpoints still resume.
   """
 
-  name: str
+  name: ClassVar[str]
+  resumable_fields: ClassVar[frozenset[str]] = frozenset()
+  added_field_defaults: ClassVar[Mapping[str, Any]] = types.MappingProxyType({})
 
   def model_config(self) -> dict[str, Any]:
     """JSON-serialisable constructor kwargs of the model; saved in every checkpoint's config."""
@@ -55,11 +61,7 @@ class Task(Protocol):
     collectives and is not repeated on every device)."""
     ...
 
-
-@runtime_checkable
-class SampleWriter(Protocol):
-  """Optional extra of a task: held-out inputs saved as files, so a user can try the inference binary on them."""
-
   def write_samples(self, directory: pathlib.Path) -> None:
-    """Writes a few held-out inputs into `directory` (called once per run, on process 0)."""
-    ...
+    """Optional: writes a few held-out inputs into `directory` as files, so a user can try the inference binary on
+    them (called once per run, on process 0). By default nothing is written."""
+    del directory

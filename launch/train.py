@@ -6,16 +6,13 @@ r"""Trains a model with the shared loop (launch/trainer.py); resumes automatical
 Any config field can be overridden, e.g. --config.batch_size=8 --config.num_steps=100. Multi-host: start one process
 per host with the same --coordinator_address=HOST:PORT and --num_processes, and --process_id=0..N-1.
 """
-import logging as std_logging
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
-from input_pipeline import errors
+from launch import cli
 from launch import compile_cache
 from launch import trainer
 
@@ -40,25 +37,15 @@ def _initialize_distributed() -> None:
                              process_id=_PROCESS_ID.value)
 
 
-def _quiet_orbax(record: std_logging.LogRecord) -> bool:
-  # orbax logs dozens of INFO lines per checkpoint, which would bury the progress bar; its warnings stay.
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
   compile_cache.enable()  # A resumed run skips the train step's compilation.
   _initialize_distributed()
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  try:
-    trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (trainer.CheckpointMismatchError, trainer.NonFiniteError, errors.DataConfigError, FileNotFoundError) as e:
-    # Expected failures: the message says what to do; a traceback would only bury it.
-    sys.exit(f"Error: {e}")
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,7 +12,10 @@ Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'c
 metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
 samples/ (held-out inputs, for tasks that write them).
 
-Resuming is automatic from the newest complete checkpoint. Only the fields in RESUMABLE_FIELDS (loop bookkeeping)
+Resuming is automatic from the newest readable checkpoint. A newer step that cannot be read (a write cut short)
+is skipped with one warning naming it and what failed; it is renamed to checkpoints/<step>.unreadable (kept for
+inspection, out of the way of the steps this run writes again) and the recovery is recorded in metrics.jsonl as a
+{"split": "recovery"} record. Only the fields in RESUMABLE_FIELDS (loop bookkeeping)
 and the task's own `resumable_fields` (launch/task.py) may differ from the checkpoint's config (a field the
 checkpoint predates counts as the task's `added_field_defaults` value); any other difference (model, loss, data,
 batch size, seed, ...) is refused, as is a different process count (the data iterator's state is saved per
@@ -26,9 +29,11 @@ from typing import Any
 
 from absl import logging
 import flax.serialization
+import flax.traverse_util
 import grain
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -36,6 +41,8 @@ from PIL import Image
 import tensorboardX
 import tqdm
 
+from input_pipeline import errors
+from launch import checkpoints
 from launch import task as task_lib
 from launch import tasks
 
@@ -46,11 +53,11 @@ RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoin
 DATA_AXIS = "data"
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(errors.ProjectError, FloatingPointError):
   """The loss or the train state became NaN/Inf; the last good checkpoint is kept."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.ProjectError, ValueError):
   """The workdir holds a checkpoint of another model or an incompatible config."""
 
 
@@ -80,18 +87,9 @@ def checkpoint_config(task: task_lib.Task, config: ml_collections.ConfigDict) ->
   }
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
-  return {prefix[:-1]: tree}
-
-
 def resumable_fields(task: task_lib.Task) -> frozenset[str]:
   """Config fields (dotted paths) that may differ between a checkpoint and the run resuming from it."""
-  return RESUMABLE_FIELDS | frozenset(getattr(task, "resumable_fields", ()))
+  return RESUMABLE_FIELDS | task.resumable_fields
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any],
@@ -107,7 +105,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
   for field in ("model", "process_count"):
     if saved.get(field) != current[field]:
       diffs.append(f"{field}: checkpoint {saved.get(field)!r}, now {current[field]!r}")
-  old, new = {**(added_field_defaults or {}), **_flatten(saved["experiment"])}, _flatten(current["experiment"])
+  flatten = lambda tree: flax.traverse_util.flatten_dict(tree, sep=".")
+  old, new = {**(added_field_defaults or {}), **flatten(saved["experiment"])}, flatten(current["experiment"])
   for key in sorted(old.keys() | new.keys()):
     if key in resumable or old.get(key, "<absent>") == new.get(key, "<absent>"):
       continue
@@ -161,6 +160,12 @@ class _Logs:
       f.write(json.dumps(record) + "\n")
     self.tb.flush()
 
+  def note(self, step: int, split: str, fields: dict[str, Any]) -> None:
+    """A JSON-only record (no TensorBoard scalars), e.g. a checkpoint recovery."""
+    if self.enabled:
+      with self.jsonl.open("a") as f:
+        f.write(json.dumps({"step": step, "split": split, **fields}) + "\n")
+
   def close(self) -> None:
     if self.enabled:
       self.tb.close()
@@ -182,33 +187,58 @@ def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh):
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
+def _set_aside(directory: pathlib.Path, step: int) -> pathlib.Path:
+  """Renames an unreadable step to <step>.unreadable[.<n>]: orbax neither lists it nor writes over it."""
+  target = directory / f"{step}.unreadable"
+  n = 1
+  while target.exists():
+    target, n = directory / f"{step}.unreadable.{n}", n + 1
+  (directory / str(step)).rename(target)
+  return target
+
+
 def _restore_or_init(task, config, manager, iterator, mesh, init_key):
-  """Returns (state, start_step): restored from the newest checkpoint, or freshly initialised."""
+  """Returns (state, start_step, recovery): restored from the newest readable checkpoint, or freshly initialised;
+  `recovery` describes the unreadable newer steps that were skipped (None when there were none)."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   # Only shapes matter; zeros keep the initial state identical on every process.
   saved_iterator_state = iterator.get_state()
   example = jax.tree.map(lambda x: np.zeros_like(np.asarray(x)), next(iterator))
   iterator.set_state(saved_iterator_state)
   init = jax.jit(lambda key, batch: _strong(task.init_state(key, batch)), out_shardings=replicated)
-  step = manager.latest_step()
-  if step is None:
-    return init(init_key, example), 0
-  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-  resumable = resumable_fields(task)
-  diffs = config_differences(saved, checkpoint_config(task, config), resumable,
-                             getattr(task, "added_field_defaults", None))
-  if diffs:
-    raise CheckpointMismatchError(
-        f"Refusing to resume from {manager.directory / str(step)}: it was written with a different model or config.\n"
-        + "\n".join(f"  {d}" for d in diffs)
-        + f"\nUse another --workdir, or restore the original settings (only {sorted(resumable)} may change).")
+  steps = list(manager.all_steps())
+  if not steps:
+    return init(init_key, example), 0, None
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
                           jax.eval_shape(init, init_key, example))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(flax.serialization.to_state_dict(abstract)),
-      data=grain.checkpoint.CheckpointRestore(iterator)))
+  resumable = resumable_fields(task)
+
+  def restore(step: int):
+    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    diffs = config_differences(saved, checkpoint_config(task, config), resumable, task.added_field_defaults)
+    if diffs:
+      raise CheckpointMismatchError(
+          f"Refusing to resume from {manager.directory / str(step)}: it was written with a different model or "
+          "config (" + "; ".join(diffs) + "). Use another --workdir, or restore the original settings "
+          f"(only {sorted(resumable)} may change).")
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(flax.serialization.to_state_dict(abstract)),
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+
+  step, restored, unreadable = checkpoints.restore_newest(manager.directory, steps, restore)
+  recovery = None
+  if unreadable:
+    moved = []
+    if jax.process_index() == 0:
+      moved = [str(_set_aside(pathlib.Path(manager.directory), u.step)) for u in unreadable]
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("set aside unreadable checkpoints")
+    manager.reload()
+    recovery = {"resumed_from": step, "unreadable": [u._asdict() for u in unreadable], "moved_to": moved}
+    logging.info("Resuming from checkpoint step %d; the unreadable newer step(s) %s are kept as %s.", step,
+                    [u.step for u in unreadable], moved)
   logging.info("Resumed from %s.", manager.directory / str(step))
-  return flax.serialization.from_state_dict(abstract, restored.state), step
+  return flax.serialization.from_state_dict(abstract, restored.state), step, recovery
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
@@ -234,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   mesh = make_mesh(devices)
   process_index, process_count = jax.process_index(), jax.process_count()
   if config.batch_size % mesh.size or config.batch_size % process_count:
-    raise ValueError(f"batch_size {config.batch_size} must divide by the {mesh.size} devices and "
+    raise errors.ConfigError(f"batch_size {config.batch_size} must divide by the {mesh.size} devices and "
                      f"{process_count} processes.")
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
@@ -245,19 +275,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
                                            cleanup_tmp_directories=True))
   ckpt_config = checkpoint_config(task, config)
-  state, start_step = _restore_or_init(task, config, manager, iterator, mesh, init_key)
+  state, start_step, recovery = _restore_or_init(task, config, manager, iterator, mesh, init_key)
   if start_step >= config.num_steps:
     logging.info("The checkpoint is at step %d >= num_steps %d: nothing to train.", start_step, config.num_steps)
   logs = _Logs(workdir, start_step, enabled=process_index == 0)
-  if process_index == 0 and isinstance(task, task_lib.SampleWriter):
+  if recovery:
+    logs.note(start_step, "recovery", recovery)
+  if process_index == 0:
     task.write_samples(workdir / "samples")
 
   train_step = make_train_step(task, mesh)
 
+  def last_good() -> str:
+    latest = manager.latest_step()
+    if latest is None:
+      return f"No checkpoint was written yet (the first is due at step {config.checkpoint_every})."
+    return f"The last good checkpoint (step {latest}) in {manager.directory} is kept."
+
   def save(step: int) -> None:
     if not bool(local_copy(_all_finite(state))):
-      raise NonFiniteError(f"The train state holds NaN/Inf at step {step}; not checkpointing it. The last good "
-                           f"checkpoint (step {manager.latest_step()}) in {manager.directory} is kept.")
+      raise NonFiniteError(f"The train state holds NaN/Inf at step {step}; not checkpointing it. {last_good()}")
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
         data=grain.checkpoint.CheckpointSave(iterator),
@@ -279,8 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     nonlocal window_start
     values = {k: float(v) for k, v in local_copy(metrics).items()}
     if not np.isfinite(values["loss"]):
-      raise NonFiniteError(f"Loss is {values['loss']} at step {step}; stopping. The last good checkpoint (step "
-                           f"{manager.latest_step()}) in {manager.directory} is kept.")
+      raise NonFiniteError(f"Loss is {values['loss']} at step {step}; stopping. {last_good()}")
     for k, v in values.items():
       sums[k] = sums.get(k, 0.0) + v
     bar.update(1)

@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from launch import task as task_lib
+
 _DIM = 4
 _W_TRUE = np.arange(1, _DIM + 1, dtype=np.float32)
 
@@ -26,7 +28,7 @@ class _State:
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-class LinearTask:
+class LinearTask(task_lib.Task):
   """Fits y = x . w_true; `nan_at_step` poisons the loss (or only the params) at that step."""
 
   name = "linear"

@@ -177,7 +177,6 @@ def test_train_step_reports_finite_metrics_and_updates_everything(trained):
   assert set(history[0]) == expected
   for metrics in history:
     assert all(np.isfinite(v) for v in metrics.values()), metrics
-    assert all(0 < metrics[f'gate_mean_{s}'] < 1 for s in (3, 4, 5))
     np.testing.assert_allclose(metrics['loss'], metrics['loss_f'] + 0.1 * metrics['loss_inv']
                                + 0.05 * metrics['loss_nec'], rtol=1e-5)
   assert int(state.step) == 50
@@ -193,14 +192,12 @@ def test_training_decreases_the_loss(trained):
   assert losses_seen[-5:].mean() < 0.8 * losses_seen[:5].mean(), losses_seen
 
 
-def test_eval_step_fuses_with_running_statistics(trained):
+def test_trained_running_statistics_change_the_eval_mode_output(trained):
   initial, state, _, batch = trained
-  eval_step = jax.jit(functools.partial(train.eval_step, model=MODEL))
-  fused = np.asarray(eval_step(state, batch))
-  assert fused.shape == SHAPE and (fused > 0).all() and (fused < 1).all()
-  # Eval mode normalises with the running statistics, so other statistics give another image.
-  other = np.asarray(eval_step(state.replace(batch_stats=initial.batch_stats), batch))
-  assert np.abs(fused - other).max() > 1e-3
+  fuse = jax.jit(lambda batch_stats: MODEL.apply({'params': state.params, 'batch_stats': batch_stats}, batch['vis'],
+                                                 batch['ir'], train=False).fused)
+  # Eval mode normalises with the running statistics, so the initial statistics give another image.
+  assert np.abs(np.asarray(fuse(state.batch_stats)) - np.asarray(fuse(initial.batch_stats))).max() > 1e-3
 
 
 def test_vmap_and_loop_steps_compute_the_same_update():

@@ -33,7 +33,7 @@ def test_inference_checkpoint_round_trip(tmp_path):
   restored, config = checkpoints.restore_model_variables(tmp_path / 'ckpt')
   assert config == CONFIG
   jax.tree.map(np.testing.assert_array_equal, restored, variables)
-  with pytest.raises(FileExistsError, match='ckpt'):
+  with pytest.raises(checkpoints.CheckpointExistsError, match='ckpt'):
     checkpoints.save_inference_checkpoint(tmp_path / 'ckpt', variables, CONFIG)
 
 
@@ -63,15 +63,35 @@ def test_restore_from_training_checkpoint_with_optimizer_and_data(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, _variables(seed=10))
   restored, _ = checkpoints.restore_model_variables(tmp_path, step=5)
   jax.tree.map(np.testing.assert_array_equal, restored, _variables(seed=5))
-  with pytest.raises(ValueError, match=r'no step 7.*\[5, 10\]'):
+  with pytest.raises(checkpoints.CheckpointError, match=r'no step 7.*\[5, 10\]'):
     checkpoints.restore_model_variables(tmp_path, step=7)
 
 
+def test_latest_restore_skips_an_unreadable_newest_step_and_leaves_it(tmp_path, caplog):
+  with ocp.CheckpointManager(tmp_path) as manager:
+    for step in (5, 10):
+      manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_variables(seed=step)),
+                                                 config=ocp.args.JsonSave(CONFIG)))
+  for f in (tmp_path / '10').rglob('*'):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+  with caplog.at_level('WARNING', logger='absl'):
+    restored, config = checkpoints.restore_model_variables(tmp_path)
+  jax.tree.map(np.testing.assert_array_equal, restored, _variables(seed=5))
+  assert config == CONFIG
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1 and 'step 10' in warnings[0] and 'unreadable' in warnings[0]
+  assert (tmp_path / '10').is_dir()  # Inference never moves or deletes anything.
+  # Asking for that step by number still fails, naming it.
+  with pytest.raises(checkpoints.CheckpointError, match=r'step 10 is unreadable \(\w+Error: '):
+    checkpoints.restore_model_variables(tmp_path, step=10)
+
+
 def test_restore_errors_name_the_directory(tmp_path):
-  with pytest.raises(FileNotFoundError, match='nowhere'):
+  with pytest.raises(checkpoints.CheckpointNotFoundError, match='nowhere'):
     checkpoints.restore_model_variables(tmp_path / 'nowhere')
   (tmp_path / 'empty').mkdir()
-  with pytest.raises(FileNotFoundError, match='empty.*no checkpoint steps'):
+  with pytest.raises(checkpoints.CheckpointNotFoundError, match='empty.*no checkpoint steps'):
     checkpoints.restore_model_variables(tmp_path / 'empty')
-  with pytest.raises(ValueError, match='model_config'):
+  with pytest.raises(checkpoints.CheckpointError, match='model_config'):
     checkpoints.save_inference_checkpoint(tmp_path / 'bad', _variables(), {'model': 'isfuse'})

@@ -91,7 +91,7 @@ def test_generator_and_discriminator_shapes():
   for injection in model_lib.INJECTIONS:
     net = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4, 4), widths=(4, 4, 4), injection=injection)
     output, _ = net.init_with_output(_KEY, image, image)
-    assert output.shape == (2, 16, 16, 3) and float(jnp.abs(output).max()) <= 1.0
+    assert output.shape == (2, 16, 16, 3)
   disc = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2)
   outputs, _ = disc.init_with_output(_KEY, image, image)
   assert len(outputs) == 2 and outputs[0][-1].shape[-1] == 1 and outputs[1][-1].shape[1] < outputs[0][-1].shape[1]

@@ -18,9 +18,8 @@ from dfc_jax import train as dfc_train
 from dfc_jax import transforms
 from input_pipeline import images
 from launch import checkpoints
-from launch import evaluate_dfc
+from launch import dfc_files
 from launch import trainer
-from launch import transfer
 from launch.configs import dfc as dfc_config
 from launch.tasks import dfc as dfc_task
 
@@ -182,6 +181,13 @@ def test_smoke_trains_checkpoints_and_evaluates(smoke_run):
                variables['params'], jax.device_get(state.params))
 
 
+def test_transfer_outputs_round_half_to_even_like_the_fusion_outputs(tmp_path):
+  # 0.5 and 1.5 levels: half to even gives 0 and 2 (adding 0.5 and truncating would give 1 and 2).
+  image = np.array([[[0.5, 1.5, 255.0]]], np.float32) / 255
+  dfc_files._save_png(tmp_path / 'out.png', image)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'out.png')), [[[0, 2, 255]]])
+
+
 def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   workdir, config, _ = smoke_run
   ckpt = workdir / 'checkpoints'
@@ -190,25 +196,26 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   rng = np.random.default_rng(0)
   for name in ('f1', 'f2', 'f3'):
     Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(frames / f'{name}.png')
-  out = transfer.transfer_paths(ckpt, frames / 'f1.png', frames / 'f2.png', tmp_path / 'out.png')
+  out = dfc_files.transfer_paths(ckpt, frames / 'f1.png', frames / 'f2.png', tmp_path / 'out.png')
   assert np.asarray(Image.open(out[0])).shape == (config.data.image_size, config.data.image_size, 3)
-  written = transfer.transfer_paths(ckpt, frames, frames / 'f3.png', tmp_path / 'out_dir', batch_size=2)
+  written = dfc_files.transfer_paths(ckpt, frames, frames / 'f3.png', tmp_path / 'out_dir', batch_size=2)
   assert sorted(p.name for p in written) == ['f1.png', 'f2.png', 'f3.png'] and all(p.exists() for p in written)
   (tmp_path / 'broken.png').write_bytes(b'no image')
   with pytest.raises(images.ImageReadError, match='broken.png'):
-    transfer.transfer_paths(ckpt, tmp_path / 'broken.png', frames / 'f1.png', tmp_path / 'x.png')
+    dfc_files.transfer_paths(ckpt, tmp_path / 'broken.png', frames / 'f1.png', tmp_path / 'x.png')
   with pytest.raises(images.ImageReadError, match='missing.png'):
-    transfer.transfer_paths(ckpt, tmp_path / 'missing.png', frames / 'f1.png', tmp_path / 'x.png')
-  with pytest.raises(FileNotFoundError, match='does not exist'):
-    transfer.transfer_paths(tmp_path / 'nowhere', frames / 'f1.png', frames / 'f2.png', tmp_path / 'x.png')
+    dfc_files.transfer_paths(ckpt, tmp_path / 'missing.png', frames / 'f1.png', tmp_path / 'x.png')
+  with pytest.raises(checkpoints.CheckpointNotFoundError, match='does not exist'):
+    dfc_files.transfer_paths(tmp_path / 'nowhere', frames / 'f1.png', frames / 'f2.png', tmp_path / 'x.png')
   # The binary reports an unreadable input by name and fails.
   result = subprocess.run([sys.executable, '-m', 'launch.transfer', f'--checkpoint={ckpt}',
                            f'--source={tmp_path / "broken.png"}', f'--target={frames / "f1.png"}',
                            f'--out={tmp_path / "y.png"}'], capture_output=True, text=True, check=False,
                           cwd=repo_root)
-  assert result.returncode != 0 and 'broken.png' in result.stderr and 'not a readable image' in result.stderr
-  results = evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
-                                             num_samples=2, calibration_samples=8, grid_rows=2)
+  assert result.returncode == 1 and 'broken.png' in result.stderr and 'not a readable image' in result.stderr
+  assert 'Traceback' not in result.stderr
+  results = dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
+                                          num_samples=2, calibration_samples=8, grid_rows=2)
   values = results['test_unseen_characters']
   assert set(values) == {'ssim', 'psnr', 'lpips', 'silhouette_iou', 'keypoint_error'}
   assert all(np.isfinite(v) for v in values.values())
@@ -216,8 +223,8 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   assert (tmp_path / 'eval' / 'test_unseen_characters.png').exists()
   assert dfc_task.training_crop(ckpt) == 'center'
   with pytest.raises(ValueError, match='trained on puppets'):
-    evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=[], num_samples=2, calibration_samples=8,
-                                     grid_rows=2, test_frames_dir=str(frames))
+    dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=[], num_samples=2, calibration_samples=8,
+                                  grid_rows=2, test_frames_dir=str(frames))
 
 
 def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_dir, tmp_path):
@@ -232,17 +239,17 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
   evaluation = [r for r in records if r['split'] == 'eval'][-1]
   assert {k for k in evaluation if '/' in k} == {'test_frames/ssim', 'test_frames/psnr', 'test_frames/lpips'}
   ckpt = tmp_path / 'run' / 'checkpoints'
-  results = evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
-                                             num_samples=8, calibration_samples=8, grid_rows=4)
+  results = dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
+                                          num_samples=8, calibration_samples=8, grid_rows=4)
   # The binary evaluates the final checkpoint on the same held-out pairs as training did at that step.
   assert set(results) == {'test_frames'}
   for metric, value in results['test_frames'].items():
     assert value == pytest.approx(evaluation[f'test_frames/{metric}'], rel=1e-5)
   size = config.data.image_size
   assert np.asarray(Image.open(tmp_path / 'eval' / 'test_frames.png')).shape == (2 * size, 4 * size, 3)
-  other = evaluate_dfc.evaluate_checkpoint(ckpt, tmp_path / 'other', splits=[], num_samples=8,
-                                           calibration_samples=8, grid_rows=8,
-                                           test_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
+  other = dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'other', splits=[], num_samples=8,
+                                        calibration_samples=8, grid_rows=8,
+                                        test_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
   assert np.asarray(Image.open(tmp_path / 'other' / 'test_frames.png')).shape == (6 * size, 4 * size, 3)
   assert other['test_frames']['ssim'] != results['test_frames']['ssim']
   # launch.transfer crops new frames as training did unless told otherwise.

@@ -1,31 +1,46 @@
-"""The evaluation binary: --fused_dir on published TNO outputs, --checkpoint with a tiny model, bad input."""
+"""Scoring fused images (launch.fusion_eval, under launch.evaluate): a folder of published TNO outputs, a tiny
+checkpoint, bad input."""
 import csv
 import json
 import pathlib
 
-from absl import app
-from absl.testing import flagsaver
 import numpy as np
 from PIL import Image
 import pytest
 
 from cfi_jax import metrics
 from cfi_jax import metrics_report
-from cfi_jax import visualize
 from cfi_jax.model import ISFuse
+from input_pipeline import errors
+from input_pipeline import grids
 from input_pipeline import images
 from isfuse_test_utils import random_variables
 from launch import checkpoints
-from launch import evaluate
+from launch import fusion_eval
+from launch import fusion_files
 
 TNO_NAMES = ('01', '02')  # One size (576x768): the metrics compile once (shared with test_metrics.py).
 SMALL = (48, 64)  # Same size as test_metrics.py's synthetic images, for the same reason.
 
 
-def _run(**flag_values):
-  values = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in flag_values.items()}
-  with flagsaver.flagsaver(**values):
-    evaluate.main(['evaluate'])
+def _run(*, ir_dir, vis_dir, output_dir, dialect=('tang2023',), **kwargs):
+  return fusion_eval.evaluate_folders(str(ir_dir), str(vis_dir), output_dir, dialect,
+                                      **{k: str(v) if isinstance(v, pathlib.Path) else v for k, v in kwargs.items()})
+
+
+def _entropy(gray_u8):
+  """Shannon entropy (bits) of the 256-level histogram, written out here as the papers define EN."""
+  p = np.bincount(gray_u8.ravel(), minlength=256) / gray_u8.size
+  p = p[p > 0]
+  return float(-(p * np.log2(p)).sum())
+
+
+def _assert_rows_score(rows, images_by_row):
+  """Each CSV row's EN and SD are those of the image it names (computed here with numpy, not the metrics code)."""
+  for row in rows:
+    fused = images_by_row(row)
+    assert float(row['EN']) == pytest.approx(_entropy(fused), rel=1e-6), (row['name'], row['method'])
+    assert float(row['SD']) == pytest.approx(np.std(fused.astype(np.float64)), rel=1e-6), (row['name'], row['method'])
 
 
 def _read_csv(path):
@@ -52,13 +67,8 @@ def test_fused_dir_on_tno_sdnet(shared_dir, tmp_path):
 
   rows = _read_csv(out / 'metrics_tang2023.csv')
   assert [(r['name'], r['method']) for r in rows] == [(n, 'fused_SDNet') for n in TNO_NAMES]
-  names = metrics.METRIC_NAMES['tang2023']
-  for row in rows:
-    triple = [metrics.to_gray_u8(images.read_image(dirs[k] / f'{row["name"]}.png'))
-              for k in ('fused_SDNet', 'ir', 'vi')]
-    expected = metrics.compute_metrics(*triple, 'tang2023')
-    for name in names:
-      assert float(row[name]) == pytest.approx(expected[name], rel=1e-9), (row['name'], name)
+  assert list(rows[0]) == ['name', 'method', *metrics.METRIC_NAMES['tang2023']]
+  _assert_rows_score(rows, lambda row: images.read_image(dirs['fused_SDNet'] / f'{row["name"]}.png'))
 
   # The independent reimplementation's PSNR/AG for these images (Tang convention, as the CFI paper).
   with open(shared_dir / 'data/ivif/tno/metrics/reimpl_tang2023_style.csv', newline='') as f:
@@ -79,10 +89,10 @@ def test_fused_dir_on_tno_sdnet(shared_dir, tmp_path):
 
   grid = images.read_image(out / 'grid.png')
   h, w = 576, 768
-  assert grid.shape == (2 * h + visualize.GAP, 3 * w + 2 * visualize.GAP, 3)
+  assert grid.shape == (2 * h + grids.GAP, 3 * w + 2 * grids.GAP, 3)
   # Row 2, column 3 is the second fused image (gray, so all channels equal it).
   fused_02 = images.read_image(dirs['fused_SDNet'] / '02.png')
-  np.testing.assert_array_equal(grid[h + visualize.GAP:, 2 * (w + visualize.GAP):, 0], fused_02)
+  np.testing.assert_array_equal(grid[h + grids.GAP:, 2 * (w + grids.GAP):, 0], fused_02)
 
 
 @pytest.fixture(scope='module')
@@ -111,25 +121,24 @@ def test_checkpoint_mode_with_baselines(tiny_setup, tmp_path):
     rows = _read_csv(out / f'metrics_{dialect}.csv')
     assert [(r['name'], r['method']) for r in rows] == [
         (n, m) for n in ('a', 'b') for m in ('tiny_ckpt', 'average', 'maximum')]
-    for row in rows:
+
+    def scored_image(row, dialect=dialect):
       ir = metrics.to_gray_u8(images.read_image(root / 'ir' / f'{row["name"]}.png'), dialect)
       vis = metrics.to_gray_u8(images.read_image(root / 'vis' / f'{row["name"]}.png'), dialect)
       if row['method'] == 'tiny_ckpt':
         fused_rgb = images.read_image(out / 'fused' / f'{row["name"]}.png')
         assert fused_rgb.shape == SMALL + (3,)  # Colour VIS -> colour output, converted to gray for scoring.
-        fused = metrics.to_gray_u8(fused_rgb, dialect)
-      elif row['method'] == 'average':
-        fused = np.floor((ir.astype(np.float64) + vis) / 2 + 0.5).astype(np.uint8)
-      else:
-        fused = np.maximum(ir, vis)
-      expected = metrics.compute_metrics(fused, ir, vis, dialect)
-      for name in metrics.METRIC_NAMES[dialect]:
-        assert float(row[name]) == pytest.approx(expected[name], rel=1e-9, nan_ok=True), (row['name'], name)
+        return metrics.to_gray_u8(fused_rgb, dialect)
+      if row['method'] == 'average':
+        return np.floor((ir.astype(np.float64) + vis) / 2 + 0.5).astype(np.uint8)
+      return np.maximum(ir, vis)
+
+    _assert_rows_score(rows, scored_image)
 
   report = json.loads((out / 'summary.json').read_text())
   assert set(report['dialects']) == {'tang2023', 'cddfuse'}
   assert list(report['dialects']['cddfuse']['summary']) == ['tiny_ckpt', 'average', 'maximum']
-  assert images.read_image(out / 'grid.png').shape == (SMALL[0], 3 * SMALL[1] + 2 * visualize.GAP, 3)
+  assert images.read_image(out / 'grid.png').shape == (SMALL[0], 3 * SMALL[1] + 2 * grids.GAP, 3)
 
 
 def test_bad_input(tiny_setup, tmp_path):
@@ -138,21 +147,39 @@ def test_bad_input(tiny_setup, tmp_path):
   fused_dir.mkdir()
   Image.fromarray(np.zeros(SMALL, np.uint8)).save(fused_dir / 'a.png')
   common = dict(ir_dir=root / 'ir', vis_dir=root / 'vis', output_dir=tmp_path / 'out')
-  with pytest.raises(SystemExit, match=r"no fused image for pair 'b'"):
+  with pytest.raises(fusion_files.PairError, match=r"no fused image for pair 'b'"):
     _run(fused_dir=fused_dir, **common)
   Image.fromarray(np.zeros((10, 10), np.uint8)).save(fused_dir / 'b.png')
-  with pytest.raises(SystemExit, match=r'b\.png is 10x10 but its sources are 64x48'):
+  with pytest.raises(fusion_files.PairError, match=r'b\.png is 10x10 but its sources are 64x48'):
     _run(fused_dir=fused_dir, **common)
-  _run(fused_dir=fused_dir, skip_bad=True, num_grid=0, **common)
+  _, skipped = _run(fused_dir=fused_dir, skip_bad=True, num_grid=0, **common)
   report = json.loads((tmp_path / 'out/summary.json').read_text())
-  assert report['num_pairs'] == 1 and report['skipped'][0]['name'] == 'b'
+  assert report['num_pairs'] == 1 and report['skipped'][0]['name'] == 'b' and [n for n, _ in skipped] == ['b']
   assert not (tmp_path / 'out/grid.png').exists()
-  with pytest.raises(app.UsageError, match='exactly one of'):
+  with pytest.raises(errors.ConfigError, match='exactly one of'):
     _run(fused_dir=fused_dir, checkpoint=checkpoint, **common)
-  with pytest.raises(app.UsageError, match="unknown --dialect 'matlab'"):
+  with pytest.raises(errors.ConfigError, match="unknown --dialect 'matlab'"):
     _run(fused_dir=fused_dir, dialect=['matlab'], **common)
-  with pytest.raises(app.UsageError, match='missing --output_dir'):
-    _run(fused_dir=fused_dir, ir_dir=root / 'ir', vis_dir=root / 'vis')
+  with pytest.raises(errors.ConfigError, match="--method 'average' clashes"):
+    _run(fused_dir=fused_dir, method='average', baselines=True, **common)
+
+
+def test_skip_bad_lists_a_file_without_partner(tiny_setup, tmp_path):
+  root, _ = tiny_setup
+  for sub in ('ir', 'vis', 'fused'):
+    (tmp_path / sub).mkdir()
+    for name in ('a', 'b'):
+      (tmp_path / sub / f'{name}.png').symlink_to(root / ('vis' if sub == 'fused' else sub) / f'{name}.png')
+  Image.fromarray(np.zeros(SMALL, np.uint8)).save(tmp_path / 'ir' / 'lonely.png')
+  common = dict(ir_dir=tmp_path / 'ir', vis_dir=tmp_path / 'vis', output_dir=tmp_path / 'out',
+                fused_dir=tmp_path / 'fused', num_grid=0)
+  with pytest.raises(errors.DataConfigError, match=r'lonely\.png: no visible partner'):
+    _run(**common)
+  _run(skip_bad=True, **common)
+  report = json.loads((tmp_path / 'out/summary.json').read_text())
+  assert report['num_pairs'] == 2
+  assert [pathlib.Path(s['name']).name for s in report['skipped']] == ['lonely.png']
+  assert 'no visible partner' in report['skipped'][0]['reason']
 
 
 def test_summary_and_grid_helpers():
@@ -162,11 +189,11 @@ def test_summary_and_grid_helpers():
   assert summary == {'x': {'A': {'mean': 2.0, 'std': 1.0, 'count': 2}},
                      'y': {'A': {'mean': 5.0, 'std': 0.0, 'count': 1}}}
   assert metrics_report.markdown_table(summary, ['A'], digits=2).splitlines()[2] == '| x | 2.00 ± 1.00 |'
-  grid = visualize.make_grid([[np.zeros((2, 3), np.uint8), np.ones((2, 2, 3), np.float32)],
+  grid = grids.make_grid([[np.zeros((2, 3), np.uint8), np.ones((2, 2, 3), np.float32)],
                               [np.full((4, 1), 7, np.uint8)]], gap=1)
   assert grid.shape == (2 + 1 + 4, 3 + 1 + 2, 3)
   np.testing.assert_array_equal(grid[:2, 4:], 255)
   np.testing.assert_array_equal(grid[3:, 0], 7)
-  np.testing.assert_array_equal(grid[3:, 1:], visualize.GAP_VALUE)  # Padding of the short row.
+  np.testing.assert_array_equal(grid[3:, 1:], grids.GAP_VALUE)  # Padding of the short row.
   with pytest.raises(ValueError, match='HxW, HxWx1 or HxWx3'):
-    visualize.make_grid([[np.zeros((2, 2, 2))]])
+    grids.make_grid([[np.zeros((2, 2, 2))]])

@@ -1,5 +1,6 @@
 """Tests of the fusion input pipelines: synthetic scenes, folders of pairs, the TFDS builder and the grain pipeline."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -359,14 +360,19 @@ def test_tfds_16_bit_and_bad_input(tmp_path):
 
 def test_build_tfds_binary(tmp_path, repo_root):
   _tfds_source_folder(tmp_path / 'src')
+  # As the README writes it: after '=' the shell leaves '~' alone, so the binary expands it.
   command = [sys.executable, '-m', 'launch.build_tfds', f'--source_dir={tmp_path / "src"}', '--name=cli_pairs',
-             f'--data_dir={tmp_path / "tfds"}']
-  result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=120, check=False)
+             '--data_dir=~/tfds']
+  env = dict(os.environ, HOME=str(tmp_path))
+  result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-2000:]
   assert len(tfds_fusion.PairSource('cli_pairs', 'test', tmp_path / 'tfds')) == 1
+  assert not (repo_root / '~').exists()
   result = subprocess.run(command[:3] + [f'--source_dir={tmp_path / "missing"}', '--name=x'], cwd=repo_root,
-                          capture_output=True, text=True, timeout=120, check=False)
-  assert result.returncode != 0 and 'missing: found neither ir/' in result.stderr
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  assert [line for line in result.stderr.splitlines() if line.startswith('Error:')] == [
+      f'Error: {tmp_path / "missing"}: found neither ir/ + vi/ nor split folders (e.g. train/, test/) that hold them']
 
 
 # --- real data --------------------------------------------------------------------------------------------------

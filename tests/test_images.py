@@ -127,3 +127,18 @@ def test_match_pairs_returns_unpaired_files_instead_of_raising(tmp_path):
   (tmp_path / 'empty_b').mkdir()
   with pytest.raises(ValueError, match='no images'):
     images.match_pairs(tmp_path / 'empty_a', tmp_path / 'empty_b')
+
+
+def test_center_crop_takes_the_middle_window_flooring_odd_margins():
+  image = np.arange(5 * 8).reshape(5, 8)
+  np.testing.assert_array_equal(images.center_crop(image, 3, 3), image[1:4, 2:5])
+  assert images.center_box((512, 1024, 3), 512, 512) == (0, 256, 512, 512)
+
+
+def test_resize_image_works_per_channel():
+  rgb = np.random.default_rng(0).random((9, 12, 3), np.float32)
+  resized = images.resize_image(rgb, (4, 5))
+  assert resized.shape == (4, 5, 3)
+  for c in range(3):
+    np.testing.assert_array_equal(resized[..., c], images.resize_image(rgb[..., c], (4, 5)))
+  np.testing.assert_allclose(images.resize_image(np.full((9, 12), 0.25, np.float32), (4, 5)), 0.25, atol=1e-6)

@@ -28,8 +28,6 @@ def test_output_shapes_for_odd_sizes(height, width):
   assert out.fused.shape == (2, height, width, 1)
   assert [f.shape for f in out.features] == [(2, h, w, 8) for h, w in sizes]
   assert [g.shape for g in out.gates] == [(2, h, w, 1) for h, w in sizes]
-  assert np.all((out.fused >= 0) & (out.fused <= 1))
-  assert all(np.all((g > 0) & (g < 1)) for g in out.gates)
 
 
 def test_parameter_count_matches_release():

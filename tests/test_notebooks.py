@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 
 from cfi_jax import metrics
-from cfi_jax import visualize
+from input_pipeline import grids
 from launch.configs import cfi as cfi_configs
 from launch.configs import dfc as dfc_configs
 
@@ -111,7 +111,7 @@ def _check_cfi_report(notebook: nbformat.NotebookNode, method: str, workdir: pat
 
   (grid,) = _outputs(notebook, 'image/png')
   size, pairs = data.synthetic_size, min(4, data.num_eval)  # The notebook shows up to 4 pairs.
-  gap = visualize.GAP
+  gap = grids.GAP
   assert _png(grid).shape == (pairs * size + (pairs - 1) * gap, 3 * size + 2 * gap, 3)
   assert len(list((workdir / 'run' / 'fused').glob('*.png'))) == data.num_eval
   return table

@@ -5,7 +5,7 @@ import pytest
 from cfi_jax import inference
 from input_pipeline import images
 from launch import checkpoints
-from launch import import_isfuse
+from launch import release_weights
 
 PAIRS = range(1, 6)
 
@@ -15,7 +15,7 @@ def imported(shared_dir, tmp_path_factory):
   """(model, variables) restored from the orbax checkpoint that the import binary writes from best.pth."""
   pytest.importorskip('torch')
   output_dir = tmp_path_factory.mktemp('imported') / 'ckpt'
-  import_isfuse.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
+  release_weights.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
   variables, config = checkpoints.restore_model_variables(output_dir)
   assert config['model'] == 'isfuse'
   assert config['source']['ignored_modules'] == ['adjust_channels3', 'module4', 'module5']
@@ -30,7 +30,8 @@ def test_reference_outputs(imported, shared_dir):
                                 np.load(ref / 'inputs' / f'{n}_ir.npy'))
     expected = np.load(ref / 'outputs' / f'{n}.npy')
     assert fused.shape == expected.shape
-    assert np.abs(fused - expected).max() <= 1e-4, f'pair {n}'
+    # Measured on CPU: at most 1.73e-6 over these pairs (float32 reassociation); 5e-6 leaves a small margin.
+    assert np.abs(fused - expected).max() <= 5e-6, f'pair {n}'
 
 
 def test_end_to_end_from_image_files(imported, shared_dir):

@@ -140,28 +140,28 @@ def test_eval_and_calibration_sets():
 
 def test_video_frame_pairs(shared_dir):
   folder = shared_dir / 'data' / 'pose' / 'edn_subject4' / 'train_img'
-  source = video_frames.FramePairSource(folder, 64, 5, seed=1)
-  assert len(source) == 5 and len(source.frames) == 10
-  for (i, j), sample in zip(source.pairs, (source[k] for k in range(5))):
-    assert i != j
-    assert sample['source'].shape == (64, 64, 3) and sample['source'].dtype == np.float32
-    np.testing.assert_array_equal(sample['source'], sample['truth'])
-    assert not np.array_equal(sample['source'], sample['target'])
-  batch = video_frames.make_pair_dataset(folder, 32, 3, batch_size=2)[1]
-  assert batch['target'].shape == (1, 32, 32, 3)
+  frames = video_frames.list_frames(folder)
+  pairs = video_frames.frame_pairs(len(frames), 5, 1)
+  assert len(pairs) == 5 and len(frames) == 10 and all(i != j for i, j in pairs)
+  stacked = video_frames.load_pairs(frames, pairs, 64)
+  assert stacked['source'].shape == (5, 64, 64, 3) and stacked['source'].dtype == np.float32
+  np.testing.assert_array_equal(stacked['source'], stacked['truth'])
+  for k, (i, j) in enumerate(pairs):
+    np.testing.assert_array_equal(stacked['target'][k], video_frames.load_frame(frames[j], 64))
+    assert not np.array_equal(stacked['source'][k], stacked['target'][k])
   # The central-square crop of a 1024x512 frame is its middle 512x512.
   assert video_frames.crop_box((512, 1024, 3), 'center') == (0, 256, 512, 512)
 
 
 def test_video_frames_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match='does not exist'):
+  with pytest.raises(errors.DataConfigError, match='does not exist'):
     video_frames.list_frames(tmp_path / 'missing')
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'a.png')
   with pytest.raises(ValueError, match='at least 2'):
     video_frames.list_frames(tmp_path)
   (tmp_path / 'b.png').write_bytes(b'not a png')
   with pytest.raises(images.ImageReadError, match='b.png'):
-    video_frames.FramePairSource(tmp_path, 16, 2)[0]  # every pair reads both frames
+    video_frames.load_pairs(video_frames.list_frames(tmp_path), [(0, 1)], 16)
   with pytest.raises(ValueError, match='does not fit'):
     video_frames.crop_box((8, 8), (0, 0, 9, 8))
   assert math.isclose(video_frames.load_frame(tmp_path / 'a.png', 4).max(), 0.0)

@@ -1,5 +1,6 @@
 """The CFI task in the shared loop: sharded vs single-device steps, and launch.train end to end in subprocesses
 (smoke run -> launch.fuse / launch.evaluate, SIGKILL + exact resume)."""
+import dataclasses
 import functools
 import json
 import os
@@ -16,6 +17,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from cfi_jax import losses
+from input_pipeline import fusion_data
 from launch import checkpoints
 from launch import tasks
 from launch import trainer
@@ -142,3 +145,30 @@ def test_sigkill_and_resume_is_bit_identical(smoke_run, repo_root, compile_cache
   _run(args[1:], repo_root, _env(compile_cache))
   resumed, straight = _model_variables(tmp_path), _model_variables(smoke_run)
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_config_holds_values_in_step_with_the_library_defaults():
+  config = cfi_configs.get_config("smoke")
+  defaults = losses.LossConfig()
+  expected_loss = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)
+                   if f.name not in ("use_inv", "use_nec", "complementary", "random", "dropout")}
+  expected_loss["holes"] = dataclasses.asdict(defaults.holes)
+  assert config.loss.to_dict() == expected_loss
+  assert set(cfi_configs._data_defaults()) == set(fusion_data.default_data_config())
+  assert cfi_configs._data_defaults().to_dict() == fusion_data.default_data_config().to_dict()
+  assert set(cfi_configs.ABLATIONS) == set(losses.ABLATIONS)
+
+
+def test_config_variants_combine_and_the_ablation_says_what_it_changes():
+  paper_smoke = cfi_configs.get_config("paper,smoke")
+  assert paper_smoke.data.name == "folder" and paper_smoke.num_steps == cfi_configs.get_config("smoke").num_steps
+  assert cfi_configs.get_config("smoke").data.name == "synthetic"
+  no_cfi = cfi_configs.get_config("smoke,no_cfi")
+  assert no_cfi.ablation == "no_cfi" and no_cfi.model.use_cfi is False
+  # What trains is what the saved config says.
+  assert tasks.make_task(no_cfi).model_config()["use_cfi"] is False
+  assert cfi_configs.get_config("smoke,no_inv").model.use_cfi is True
+  with pytest.raises(ValueError, match="unknown: bogus"):
+    cfi_configs.get_config("smoke,bogus")
+  with pytest.raises(ValueError, match="need one or more of smoke, demo, paper"):
+    cfi_configs.get_config("no_cfi")

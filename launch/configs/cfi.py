@@ -1,37 +1,67 @@
-"""ISFuse/CFI training configs: `python -m launch.train --config=launch/configs/cfi.py:VARIANT --workdir=DIR`.
+"""ISFuse/CFI training configs: `python -m launch.train --config=launch/configs/cfi.py:VARIANTS --workdir=DIR`.
 
-Variants:
-  smoke: seconds; a tiny network on 32x32 synthetic crops, for tests.
+VARIANTS is a comma-separated list applied in order (as big_vision's config arguments), e.g. `:demo`,
+`:paper,smoke` (the paper's data pipeline at smoke sizes) or `:demo,no_cfi` (an ablation).
+  smoke: seconds; a tiny network on 32x32 crops (synthetic scenes unless another variant picks the data), for tests.
   demo:  a few minutes on a 2-core CPU on the embedded synthetic scenes (no download); leaves a model that fuses.
   paper: the authors' release settings (Adam 1e-4, batch 16, 256x256 crops, all five views, alpha 0.1, beta 0.05)
          on a folder of pairs given with --config.data.data_dir.
+  Any ablation name (full, no_inv, no_nec, no_inv_no_nec, lf_only, comp_only, rand_only, dropout_only, no_cfi) sets
+  config.ablation, and for no_cfi also model.use_cfi=False, so the saved config says what trains.
+
+The config holds values only; launch/tasks/cfi.py builds the library's dataclasses (cfi_jax.losses.LossConfig, the
+input pipeline's data config) from them. config.loss has LossConfig's defaults, config.data every field of
+input_pipeline.fusion_data.default_data_config() (tests/test_train_cfi.py keeps them in step).
 """
-import dataclasses
 import math
 
 import ml_collections
 
-from cfi_jax import losses
-from input_pipeline import fusion_data
-
-# Fields of losses.LossConfig that config.ablation sets; the other LossConfig fields live in config.loss.
-_ABLATION_SWITCHES = frozenset({"use_inv", "use_nec", "complementary", "random", "dropout"})
-
 # The release trains 50 epochs; RoadScene's training split (the likely training set) has 180 pairs.
 _PAPER_EPOCHS = 50
 _PAPER_TRAIN_PAIRS = 180
+SIZE_VARIANTS = ("smoke", "demo", "paper")
+# cfi_jax.losses.ABLATIONS, by name (configs hold values, not library imports).
+ABLATIONS = ("full", "no_inv", "no_nec", "no_inv_no_nec", "lf_only", "comp_only", "rand_only", "dropout_only",
+             "no_cfi")
+# What each ablation changes in the model (the rest of an ablation is the loss's: config.ablation).
+_ABLATION_MODEL_FIELDS = {"no_cfi": {"use_cfi": False}}
 
 
 def _loss_defaults() -> ml_collections.ConfigDict:
-  defaults = losses.LossConfig()
-  fields = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)
-            if f.name not in _ABLATION_SWITCHES}
-  fields["holes"] = dataclasses.asdict(defaults.holes)
-  return ml_collections.ConfigDict(fields)
+  """cfi_jax.losses.LossConfig's weights and readings (its view switches are config.ablation's)."""
+  return ml_collections.ConfigDict(dict(
+      alpha=0.1, beta=0.05, lambda_grad=1.0, eta=0.3, entropy_sign="release", nec_mode="release", nec_margin=0.1,
+      holes=dict(square_size=(16, 16), disk_radius=(8, 8), num_holes=(1, 6), p_square=0.7)))
 
 
-def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
-  """The config of `variant` ('smoke' | 'demo' | 'paper')."""
+def _data_defaults() -> ml_collections.ConfigDict:
+  """The fusion pipelines' data fields (documented in input_pipeline/fusion_data.py)."""
+  return ml_collections.ConfigDict(dict(
+      name="synthetic", crop_size=256, threads=2, workers=0, num_eval=8, num_synthetic=1024, synthetic_size=320,
+      synthetic_seed=0, data_dir="", ir_dir="", vis_dir="", eval_ir_dir="", eval_vis_dir="", skip_bad=False,
+      tfds_name="", tfds_data_dir="", train_split="train", eval_split="test"))
+
+
+def get_config(variants: str = "demo") -> ml_collections.ConfigDict:
+  """The config of comma-separated `variants` (see the module docstring), applied in order."""
+  names = [v.strip() for v in variants.split(",") if v.strip()]
+  unknown = [v for v in names if v not in SIZE_VARIANTS + ABLATIONS]
+  if unknown or not any(name in SIZE_VARIANTS for name in names):
+    raise ValueError(f"Config variants {variants!r}: need one or more of {', '.join(SIZE_VARIANTS)}, optionally with "
+                     f"an ablation ({', '.join(ABLATIONS)}), comma-separated" +
+                     (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+  config = _base_config()
+  for name in names:
+    if name in ABLATIONS:
+      config.ablation = name
+      config.model.update(_ABLATION_MODEL_FIELDS.get(name, {}))
+    else:
+      _apply_size_variant(config, name)
+  return config
+
+
+def _base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = "cfi"
   config.seed = 0
@@ -41,7 +71,7 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(features=32, use_cfi=True, pool_size=8, dtype="float32"))
   config.loss = _loss_defaults()
   config.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8))
-  config.data = fusion_data.default_data_config()
+  config.data = _data_defaults()
   # Training-time evaluation on the data.num_eval held-out pairs, centre-cropped to at most crop_size; the grid
   # shows the first grid_pairs of them.
   config.eval = ml_collections.ConfigDict(dict(grid_pairs=4, crop_size=256, dialect="tang2023"))
@@ -52,10 +82,12 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
   # Which passes feed the BatchNorm running statistics that evaluation uses: "all_views" (the release: clean, masked
   # and modality-dropped) or "clean_view" (only the clean pass, the kind of input evaluation sees).
   config.running_stats = "all_views"
+  return config
 
+
+def _apply_size_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   if variant == "smoke":
     config.model.features = 8
-    config.data.name = "synthetic"
     config.data.crop_size = 32
     config.data.num_synthetic = 16
     config.data.synthetic_size = 48
@@ -94,6 +126,3 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     config.checkpoint_every = math.ceil(10 * _PAPER_TRAIN_PAIRS / config.batch_size)
     config.eval_every = config.checkpoint_every
     config.log_every = 10
-  else:
-    raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo or paper.")
-  return config

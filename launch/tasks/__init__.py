@@ -8,6 +8,7 @@ import importlib
 
 import ml_collections
 
+from input_pipeline import errors
 from launch import task as task_lib
 
 _TASK_MODULES = {
@@ -31,7 +32,7 @@ def make_task(config: ml_collections.ConfigDict) -> task_lib.Task:
   """Builds the task named by config.task from the whole experiment config."""
   name = config.get("task")
   if name not in _TASK_MODULES:
-    raise ValueError(f"Unknown config.task {name!r}; known tasks: {', '.join(task_names())}.")
+    raise errors.ConfigError(f"Unknown config.task {name!r}; known tasks: {', '.join(task_names())}.")
   module = importlib.import_module(_TASK_MODULES[name])
   task = module.make_task(config)
   if not isinstance(task, task_lib.Task):

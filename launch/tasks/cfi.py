@@ -2,6 +2,7 @@
 import pathlib
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -11,9 +12,11 @@ from cfi_jax import interventions
 from cfi_jax import losses
 from cfi_jax import metrics as fusion_metrics
 from cfi_jax import train as cfi_train
-from cfi_jax import visualize
+from input_pipeline import errors
 from input_pipeline import fusion_data
+from input_pipeline import grids
 from input_pipeline import images
+from launch import task as task_lib
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> tuple[losses.LossConfig, dict[str, Any]]:
@@ -24,13 +27,7 @@ def loss_config_from(config: ml_collections.ConfigDict) -> tuple[losses.LossConf
   return losses.ablation(config.ablation, holes=holes, **overrides)
 
 
-def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """The central height x width window of an HxW image."""
-  top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-  return image[top:top + height, left:left + width]
-
-
-class CFITask:
+class CFITask(task_lib.Task):
   """Trains ISFuse with the CFI interventions and losses; evaluates with the fusion metrics.
 
   Evaluation fuses the held-out pairs (config.data.num_eval of them), centre-cropped to one common size (at most
@@ -46,10 +43,18 @@ class CFITask:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.loss_config, ablation_model_kwargs = loss_config_from(config)
-    self.loss_config.holes.check_fits(config.data.crop_size, config.data.crop_size)
-    self._model_config = {**config.model.to_dict(), **ablation_model_kwargs}
-    self.model = inference.model_from_config(self._model_config)
+    try:  # The library's dataclasses validate the values; a bad one is the user's config field.
+      self.loss_config, ablation_model_kwargs = loss_config_from(config)
+      self.loss_config.holes.check_fits(config.data.crop_size, config.data.crop_size)
+      self._model_config = {**config.model.to_dict(), **ablation_model_kwargs}
+      self.model = inference.model_from_config(self._model_config)
+    except ValueError as e:
+      raise errors.ConfigError(f"config.ablation / config.loss / config.model: {e}") from e
+    overridden = {k: v for k, v in ablation_model_kwargs.items() if config.model.get(k) != v}
+    if overridden:
+      logging.warning("config.ablation=%s sets model fields %s that the config says otherwise; the config variant "
+                      "',%s' (e.g. launch/configs/cfi.py:demo,%s) sets both, so the saved config says what trains.",
+                      config.ablation, overridden, config.ablation, config.ablation)
     self._eval_pairs = None
 
   def model_config(self) -> dict[str, Any]:
@@ -72,11 +77,12 @@ class CFITask:
     if self._eval_pairs is None:
       pairs = fusion_data.make_eval_pairs(self.config.data)
       if not pairs:
-        raise ValueError(f"The held-out split of dataset {self.config.data.name!r} is empty; nothing to evaluate.")
+        raise errors.DataConfigError(f"The held-out split of dataset {self.config.data.name!r} is empty; nothing to "
+                                     "evaluate (check data.eval_split, or data.eval_ir_dir and data.eval_vis_dir).")
       height = min([self.config.eval.crop_size] + [p["ir"].shape[0] for p in pairs])
       width = min([self.config.eval.crop_size] + [p["ir"].shape[1] for p in pairs])
-      self._eval_pairs = [{"name": p["name"], "ir": center_crop(p["ir"], height, width),
-                           "vis": center_crop(p["vis"], height, width)} for p in pairs]
+      self._eval_pairs = [{"name": p["name"], "ir": images.center_crop(p["ir"], height, width),
+                           "vis": images.center_crop(p["vis"], height, width)} for p in pairs]
     return self._eval_pairs
 
   def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray]:
@@ -88,7 +94,7 @@ class CFITask:
     vis = np.stack([images.quantize(p["vis"]) for p in pairs])
     per_pair = fusion_metrics.compute_metrics_batch(fused, ir, vis, dialect=self.config.eval.dialect)
     means = {name: float(np.mean(values)) for name, values in per_pair.items()}
-    grid = visualize.make_grid([[ir[i], vis[i], fused[i]]
+    grid = grids.make_grid([[ir[i], vis[i], fused[i]]
                                 for i in range(min(self.config.eval.grid_pairs, len(pairs)))])
     return means, grid
 

@@ -15,6 +15,7 @@ from dfc_jax import model as model_lib
 from dfc_jax import train as dfc_train
 from input_pipeline import pose_data
 from launch import checkpoints
+from launch import task as task_lib
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> losses.LossConfig:
@@ -28,7 +29,7 @@ def model_config_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
           'image_size': config.data.image_size}
 
 
-class DFCCheckpointError(ValueError):
+class DFCCheckpointError(checkpoints.CheckpointError):
   """A checkpoint that is not a DFC-Net one; the message names the directory."""
 
 
@@ -58,7 +59,7 @@ def training_crop(checkpoint: str | os.PathLike, step: int | None = None) -> str
   return data.get('crop', 'center') if data.name == 'frames' else 'center'
 
 
-class DFCTask:
+class DFCTask(task_lib.Task):
   """Trains DFC-Net on puppets or video frames; evaluates SSIM, PSNR and LPIPS on the test splits, and on puppets
   also silhouette IoU and keypoint error.
 

@@ -1,5 +1,7 @@
-"""Image grids for evaluation reports and training-time previews (pure numpy)."""
+"""Image grids for evaluation reports and training-time previews of both model families (numpy only)."""
 import numpy as np
+
+from input_pipeline import images
 
 GAP = 4  # Pixels of grey between panels.
 GAP_VALUE = 128
@@ -15,7 +17,7 @@ def _as_rgb_u8(panel: np.ndarray) -> np.ndarray:
   if panel.dtype != np.uint8:
     if not np.issubdtype(panel.dtype, np.floating):
       raise ValueError(f'grid panels must be uint8 or float in [0, 1], got dtype {panel.dtype}')
-    panel = np.round(np.clip(panel, 0.0, 1.0) * 255).astype(np.uint8)
+    panel = images.quantize(panel)
   return np.repeat(panel[..., None], 3, axis=-1) if panel.ndim == 2 else panel
 
 
