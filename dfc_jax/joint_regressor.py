@@ -19,7 +19,7 @@ from dfc_jax import model as model_lib
 
 class RegressorConfig(NamedTuple):
   widths: tuple[int, ...] = (16, 32, 64)
-  num_steps: int = 1500
+  num_steps: int = 800
   batch_size: int = 32
   learning_rate: float = 2e-3
   seed: int = 0

@@ -42,7 +42,7 @@ def define_flags() -> None:
                        '(encoder_keypoint_error).')
   flags.DEFINE_integer('grid_rows', 8, 'Rows of each PNG grid.')
   flags.DEFINE_integer('sample_seed', 1, 'Seed of the drawn test pairs; training-time evaluation draws seed 0.')
-  flags.DEFINE_integer('regressor_steps', 1500,
+  flags.DEFINE_integer('regressor_steps', 800,
                        'Training steps of the fixed joint regressor that scores keypoint error (cached after the '
                        'first run).')
   flags.mark_flags_as_required(['checkpoint', 'out'])
@@ -50,7 +50,7 @@ def define_flags() -> None:
 
 def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
                         step: int | None = None, sample_seed: int = 1, test_frames_dir: str | None = None,
-                        regressor_steps: int = 1500) -> dict[str, dict[str, dict[str, float]]]:
+                        regressor_steps: int = 800) -> dict[str, dict[str, dict[str, float]]]:
   """{split: {row: {metric: mean}}} of a checkpoint (rows 'model' and dfc_evaluate.TRIVIAL_ROWS, all on the same
   pairs); writes out/metrics.json and out/<split>.png.
 

@@ -44,12 +44,16 @@ def test_step_on_eight_devices_equals_one_device():
   # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in ~zero gradients into lr-sized
   # differences.
   tx = optax.sgd(0.1)
-  # With the keypoint warp and the equivariance prior, so that both are checked under sharding too (the smoke run
+  # With the demo's switches (keypoint warp, learned sharpening, pose-conditioned discriminator, equivariance and
+  # separation priors, normalised perceptual pyramid), so that they are checked under sharding too (the smoke run
   # below trains without them).
-  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True)
-  state = dfc_train.create_train_state(jax.random.PRNGKey(0), generator, _DISCRIMINATOR, tx, tx, (1, 16, 16, 3))
-  config = losses.LossConfig(vgg_layers=1, equivariance=1.0)
-  step = functools.partial(dfc_train.train_step, generator=generator, discriminator=_DISCRIMINATOR, config=config,
+  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, amplifier='sharpen',
+                               learn_sharpen=True)
+  discriminator = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2, pose_condition=True)
+  state = dfc_train.create_train_state(jax.random.PRNGKey(0), generator, discriminator, tx, tx, (1, 16, 16, 3))
+  config = losses.LossConfig(vgg_layers=1, equivariance=1.0, separation=1.0, perceptual_normalize=True,
+                             perceptual_scales=2)
+  step = functools.partial(dfc_train.train_step, generator=generator, discriminator=discriminator, config=config,
                            vgg_params=losses.vgg16_params(1), key=_KEY)
   batch = _batch(8)
   results = []
@@ -62,7 +66,8 @@ def test_step_on_eight_devices_equals_one_device():
     results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
   (params_1, metrics_1), (params_8, metrics_8) = results
   assert set(metrics_1) >= {'loss', 'd_loss', 'l1', 'perceptual', 'adversarial', 'feature_matching',
-                            'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance'}
+                            'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance',
+                            'separation'}
   for name in metrics_1:
     np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-4, atol=1e-6, err_msg=name)
   # The updates agree to float32 reduction-order noise (L1-type losses turn it into sign flips of tiny residuals),

@@ -117,7 +117,7 @@ class DFCTask:
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
-                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 1500}
+                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
