@@ -1,7 +1,7 @@
 """DFC-Net evaluation on a test split (puppets or video frames): transfers, metrics beside trivial outputs, and the
 source|target|output|truth grid."""
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -7,7 +7,8 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.serialization
 import jax
