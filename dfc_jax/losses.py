@@ -24,6 +24,11 @@ class LossConfig:
   l1: float = 10.0
   perceptual: float = 10.0
   vgg_layers: int = 5            # how many of VGG16's relu1_2 .. relu5_3 the perceptual loss uses
+  # Normalised perceptual loss: every layer's features are unit vectors over channels (as LPIPS does) and each layer
+  # contributes the mean squared distance between them (in [0, 4]), so no layer's scale dominates; computed on an
+  # image pyramid of perceptual_scales levels (FOMM uses 4), each halving the resolution.
+  perceptual_normalize: bool = False
+  perceptual_scales: int = 1
   adversarial: float = 1.0
   feature_matching: float = 10.0
   # The generator's adversarial and feature-matching weights are 0 for the first adversarial_warmup_steps, then grow
@@ -42,6 +47,10 @@ class LossConfig:
   equivariance_rotation: float = 15.0
   equivariance_log_scale: float = 0.1
   equivariance_shift: float = 0.1
+  # Separation prior (0: off): mean over keypoint pairs of exp(-|k_i - k_j|^2 / (2 separation_sigma^2)), which
+  # keeps the keypoints of one image from collapsing onto one point.
+  separation: float = 0.0
+  separation_sigma: float = 0.1
   gan_type: str = 'hinge'
   use_consistency: bool = True   # ablation "without consistency losses"
   use_support: bool = True       # ablation "without support data"
@@ -51,6 +60,8 @@ class LossConfig:
       raise ValueError(f'gan_type must be one of {GAN_TYPES}, got {self.gan_type!r}')
     if not 1 <= self.vgg_layers <= 5:
       raise ValueError(f'vgg_layers must be in 1..5, got {self.vgg_layers}')
+    if self.perceptual_scales < 1:
+      raise ValueError(f'perceptual_scales must be >= 1, got {self.perceptual_scales}')
     if self.adversarial_warmup_steps < 0 or self.adversarial_ramp_steps < 0:
       raise ValueError(f'adversarial_warmup_steps and adversarial_ramp_steps must be >= 0, got '
                        f'{self.adversarial_warmup_steps} and {self.adversarial_ramp_steps}')
@@ -125,11 +136,23 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
   return _per_sample_mean(jnp.abs(a - b))
 
 
-def perceptual(params: dict[str, Any], a: jax.Array, b: jax.Array, num_layers: int) -> jax.Array:
-  """Per-sample sum over VGG16 layers of the mean absolute feature difference [N]."""
-  feats = vgg16_features(params, jnp.concatenate([a, b]), num_layers)
-  n = a.shape[0]
-  return sum(l1(f[:n], f[n:]) for f in feats)
+def perceptual(params: dict[str, Any], a: jax.Array, b: jax.Array, num_layers: int, normalize: bool = False,
+               scales: int = 1) -> jax.Array:
+  """Per-sample perceptual distance [N], summed over VGG16 layers and pyramid scales: the mean absolute feature
+  difference, or with `normalize` the mean squared distance of the channel-normalised features (LossConfig)."""
+  total = 0.0
+  for scale in range(scales):
+    if scale:
+      a, b = (nn.avg_pool(x, (2, 2), strides=(2, 2)) for x in (a, b))
+    # b's features are targets: no backward pass through the network for them.
+    for fa, fb in zip(vgg16_features(params, a, num_layers),
+                      jax.lax.stop_gradient(vgg16_features(params, b, num_layers))):
+      if normalize:
+        fa, fb = (f / jnp.sqrt(jnp.sum(f**2, axis=-1, keepdims=True) + 1e-10) for f in (fa, fb))
+        total = total + _per_sample_mean(jnp.sum((fa - fb) ** 2, axis=-1))
+      else:
+        total = total + l1(fa, fb)
+  return total
 
 
 def generator_adversarial(fake_outputs: Sequence[Sequence[jax.Array]], gan_type: str) -> jax.Array:
@@ -168,6 +191,26 @@ def pose_consistency(keypoints_output: jax.Array, keypoints_source: jax.Array) -
   return l1(keypoints_output, keypoints_source)
 
 
+def gram(features: jax.Array) -> jax.Array:
+  """Channel Gram matrices [N,C,C] of features [N,h,w,C], averaged over positions: what the features hold,
+  not where."""
+  n, h, w, c = features.shape
+  flat = features.reshape(n, h * w, c)
+  return jnp.einsum('npc,npd->ncd', flat, flat) / (h * w)
+
+
 def static_consistency(features_output: jax.Array, features_target: jax.Array) -> jax.Array:
-  """Per-sample mean |E_s(output) - E_s(target)| over the deepest static features [N]."""
-  return l1(features_output, features_target)
+  """Per-sample mean |G(E_s(output)) - G(E_s(target))| of the Gram matrices of the deepest static features [N].
+
+  Position-free: spatial feature maps carry the target's layout (its pose), and matching them would pull the output
+  back into the target's stance.
+  """
+  return l1(gram(features_output), gram(features_target))
+
+
+def separation(keypoints: jax.Array, sigma: float) -> jax.Array:
+  """Per-sample mean over keypoint pairs i != j of exp(-|k_i - k_j|^2 / (2 sigma^2)) [N] (keypoints [N,K,2])."""
+  k = keypoints.shape[1]
+  distance_sq = jnp.sum((keypoints[:, :, None] - keypoints[:, None]) ** 2, axis=-1)
+  closeness = jnp.exp(-distance_sq / (2 * sigma**2)) * (1.0 - jnp.eye(k))
+  return closeness.sum(axis=(1, 2)) / max(1, k * (k - 1))

@@ -36,12 +36,39 @@ def predicted_silhouette(output: np.ndarray, background: np.ndarray, threshold: 
   return np.max(np.abs(output - background), axis=-1) > threshold
 
 
-def silhouette_iou(predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
-  """Per-image intersection over union of boolean masks [N,H,W] (1 where both are empty)."""
+def silhouette_iou(predicted: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+  """Per-image intersection over union of boolean masks [N,H,W] over the `valid` pixels (all by default); 1 where
+  both are empty."""
+  if valid is not None:
+    predicted, true = predicted & valid, true & valid
   axes = tuple(range(1, predicted.ndim))
   intersection = np.logical_and(predicted, true).sum(axis=axes)
   union = np.logical_or(predicted, true).sum(axis=axes)
   return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+
+
+def silhouette_iou_of(output: np.ndarray, truth: np.ndarray, true_silhouette: np.ndarray,
+                      background: np.ndarray) -> np.ndarray:
+  """Per-image IoU [N] of the output's silhouette (predicted_silhouette against the known background) with the
+  renderer's true silhouette of the truth.
+
+  Pixels where the truth itself would be misread (its character's colour there is within the threshold of the
+  background, or anti-aliased edge pixels outside the mask differ from it) are left out, so the truth scores 1:
+  the measure has no ceiling below 1 from the threshold.
+  """
+  valid = predicted_silhouette(truth, background) == true_silhouette
+  return silhouette_iou(predicted_silhouette(output, background), true_silhouette, valid)
+
+
+def foreground_l1(output: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Per-image mean absolute difference [N] over the pixels of mask [N,H,W] (and channels); 0 for empty masks.
+
+  With the union of the target's and the truth's silhouettes, copying the target or erasing the character no
+  longer wins by the background that fills most of the image.
+  """
+  difference = np.abs(output - truth).mean(axis=-1)
+  area = mask.sum(axis=(1, 2))
+  return np.where(area > 0, (difference * mask).sum(axis=(1, 2)) / np.maximum(area, 1), 0.0)
 
 
 def fit_joint_regressor(keypoints: np.ndarray, joints: np.ndarray, ridge: float = 1e-3) -> np.ndarray:

@@ -3,6 +3,7 @@
 Images are NHWC in [-1, 1]. The source image gives the pose, the target image the static appearance:
 output = G(A(E_p(source)), E_s(target)). Keypoint coordinates are (x, y) in [-1, 1] at pixel centres.
 """
+import math
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -26,7 +27,8 @@ def pixel_centres(n: int) -> jax.Array:
 def soft_argmax(logits: jax.Array) -> jax.Array:
   """Expected (x, y) of the spatial softmax of heatmap logits [N,h,w,K] -> keypoints [N,K,2] in [-1, 1].
 
-  Separable: the softmax over all pixels is reduced to its x and y marginals (Jakab et al. 2018).
+  One softmax over all h x w pixels (not Jakab et al.'s separable one over rows and columns), read out through its
+  x and y marginals.
   """
   n, h, w, k = logits.shape
   probs = jax.nn.softmax(logits.reshape(n, h * w, k), axis=1).reshape(n, h, w, k)
@@ -41,7 +43,9 @@ def coordinate_grid(h: int, w: int) -> jax.Array:
 
 
 def render_gaussians(keypoints: jax.Array, shape: tuple[int, int], sigma: float) -> jax.Array:
-  """Isotropic Gaussian maps exp(-|p - k|^2 / (2 sigma^2)) of keypoints [N,K,2] on an (h, w) grid -> [N,h,w,K]."""
+  """Isotropic Gaussian maps exp(-|p - k|^2 / (2 sigma^2)) of keypoints [N,K,2] on an (h, w) grid -> [N,h,w,K].
+
+  (Jakab et al.'s maps exp(-|p - k|^2 / sigma^2) are this one with sigma / sqrt(2).)"""
   h, w = shape
   gx = jnp.exp(-(pixel_centres(w)[None, :, None] - keypoints[:, None, :, 0]) ** 2 / (2 * sigma**2))  # [N,w,K]
   gy = jnp.exp(-(pixel_centres(h)[None, :, None] - keypoints[:, None, :, 1]) ** 2 / (2 * sigma**2))  # [N,h,K]
@@ -218,6 +222,8 @@ class DFCNet(nn.Module):
       per width (1, 1/2, 1/4, 1/8 for four).
     amplifier: 'sharpen' (heatmap logits x sharpen_factor before the softmax), 'gain' (rendered pose maps x a
       learnable per-keypoint gain initialised to gain_init), 'both', or 'off' (ablation).
+    learn_sharpen: the sharpening factor is a learned parameter (exp of 'log_sharpen', starting at
+      sharpen_factor): an inverse softmax temperature the heatmaps can raise as they come to agree on a point.
     sigma: Gaussian width of the rendered keypoints, in [-1, 1] units.
     injection: 'concat' or 'spade' (how the generator takes the pose maps).
     norm: 'instance' or 'none': normalisation in the static encoder and the generator. Instance norm removes every
@@ -235,6 +241,7 @@ class DFCNet(nn.Module):
   widths: Sequence[int] = (32, 64, 128, 256)
   amplifier: str = 'gain'
   sharpen_factor: float = 4.0
+  learn_sharpen: bool = False
   gain_init: float = 10.0
   sigma: float = 0.1
   injection: str = 'concat'
@@ -259,13 +266,15 @@ class DFCNet(nn.Module):
     self.generator = Generator(self.widths, self.injection, normalize, self.static_levels, dtype=self.dtype)
     if self.amplifier in ('gain', 'both'):
       self.gain = self.param('gain', nn.initializers.constant(self.gain_init), (self.num_keypoints,))
+    if self.learn_sharpen and self.amplifier in ('sharpen', 'both'):
+      self.log_sharpen = self.param('log_sharpen', nn.initializers.constant(math.log(self.sharpen_factor)), ())
     if self.warp:
       self.motion = KeypointMotion(self.num_keypoints, dtype=self.dtype)
 
   def encode_pose(self, image: jax.Array) -> PoseCode:
     logits = self.pose_encoder(image)
     if self.amplifier in ('sharpen', 'both'):
-      logits = logits * self.sharpen_factor
+      logits = logits * (jnp.exp(self.log_sharpen) if self.learn_sharpen else self.sharpen_factor)
     return PoseCode(logits, soft_argmax(logits))
 
   def encode_static(self, image: jax.Array) -> tuple[jax.Array, ...]:
@@ -320,14 +329,22 @@ class PatchDiscriminator(nn.Module):
 
 
 class MultiScaleDiscriminator(nn.Module):
-  """PatchGANs at full and successively halved resolutions, each conditioned on the target image."""
+  """PatchGANs at full and successively halved resolutions, each conditioned on the target image and, with
+  pose_condition, on Gaussian maps of the pose keypoints (as in Monkey-Net and FOMM): seeing only the target, it
+  cannot tell an output in the wrong pose from a real image."""
   num_scales: int = 2
   width: int = 64
   num_layers: int = 3
+  pose_condition: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, image: jax.Array, condition: jax.Array) -> list[list[jax.Array]]:
+  def __call__(self, image: jax.Array, condition: jax.Array, pose_maps: jax.Array | None = None
+               ) -> list[list[jax.Array]]:
+    if self.pose_condition:
+      if pose_maps is None:
+        raise ValueError('MultiScaleDiscriminator(pose_condition=True) needs the pose maps')
+      condition = jnp.concatenate([condition, pose_maps.astype(condition.dtype)], axis=-1)
     x = jnp.concatenate([image, condition], axis=-1)
     results = []
     for scale in range(self.num_scales):

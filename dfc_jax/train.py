@@ -62,10 +62,15 @@ def _init_state(key, *, generator, discriminator, g_tx, d_tx, image_shape) -> Tr
   g_key, d_key = jax.random.split(rbg_key)
   image = jnp.zeros(image_shape, jnp.float32)
   g_params = generator.init(g_key, image, image)['params']
-  d_params = discriminator.init(d_key, image, image)['params']
+  pose_maps = jnp.zeros((*image_shape[:3], generator.num_keypoints)) if discriminator.pose_condition else None
+  d_params = discriminator.init(d_key, image, image, pose_maps)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params={'generator': g_params, 'discriminator': d_params},
                     batch_stats={}, opt_state={'generator': g_tx.init(g_params), 'discriminator': d_tx.init(d_params)},
                     g_tx=g_tx, d_tx=d_tx)
+
+
+# The pose encoder's parameters (the learned sharpening is part of it).
+_POSE_PARAMS = ('pose_encoder', 'log_sharpen')
 
 
 def _weighted(per_sample: jax.Array, num_paired: int, support_weight: float) -> jax.Array:
@@ -103,36 +108,55 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate(pose_inputs)).keypoints
   static = apply(model_lib.DFCNet.encode_static, target)
   # Transfers take the sources' keypoints, self-reconstructions the targets' own; with warp, both move the target.
+  # Without self-reconstruction (weight 0) only the transfers are decoded.
   target_keypoints = keypoints[n:2 * n]
-  both = apply(model_lib.DFCNet.decode, keypoints[:2 * n], [jnp.concatenate([f, f]) for f in static],
-               jnp.concatenate([target_keypoints, target_keypoints]), jnp.concatenate([target, target]))
-  output, reconstruction = both[:n], both[n:]
+  copies = 2 if config.self_reconstruction > 0 else 1
+  decoded = apply(model_lib.DFCNet.decode, keypoints[:copies * n], [jnp.concatenate([f] * copies) for f in static],
+                  jnp.concatenate([target_keypoints] * copies), jnp.concatenate([target] * copies))
+  output = decoded[:n]
 
-  d_fake = discriminator.apply({'params': d_params}, output, target)
-  d_real = discriminator.apply({'params': d_params}, truth, target[:num_paired])
+  # The discriminator sees the target and, when pose-conditioned, the source keypoints' maps (constants to G).
+  condition = (target, _pose_condition(keypoints[:n], source.shape[1:3], generator, discriminator))
+  d_fake = discriminator.apply({'params': d_params}, output, *condition)
+  d_real = discriminator.apply({'params': d_params}, truth, *_paired_part(condition, num_paired))
   parts = {
       'l1': jnp.mean(losses.l1(output[:num_paired], truth)),
       'adversarial': _weighted(losses.generator_adversarial(d_fake, config.gan_type), num_paired, config.support),
       'feature_matching': jnp.mean(losses.feature_matching([[f[:num_paired] for f in o] for o in d_fake], d_real)),
-      'self_reconstruction': _weighted(losses.l1(reconstruction, target), num_paired, config.support),
   }
   gan_scale = losses.adversarial_scale(step, config.adversarial_warmup_steps, config.adversarial_ramp_steps)
   weights = {'l1': config.l1, 'adversarial': gan_scale * config.adversarial,
-             'feature_matching': gan_scale * config.feature_matching,
-             'self_reconstruction': config.self_reconstruction}
+             'feature_matching': gan_scale * config.feature_matching}
+  if config.self_reconstruction > 0:
+    parts['self_reconstruction'] = _weighted(losses.l1(decoded[n:], target), num_paired, config.support)
+    weights['self_reconstruction'] = config.self_reconstruction
   if config.perceptual > 0:
-    parts['perceptual'] = jnp.mean(losses.perceptual(vgg_params, output[:num_paired], truth, config.vgg_layers))
+    parts['perceptual'] = jnp.mean(losses.perceptual(vgg_params, output[:num_paired], truth, config.vgg_layers,
+                                                     config.perceptual_normalize, config.perceptual_scales))
     weights['perceptual'] = config.perceptual
+  if config.separation > 0:
+    # Of the sources' and of the targets' keypoints.
+    separation = [losses.separation(k, config.separation_sigma) for k in (keypoints[:n], keypoints[n:2 * n])]
+    parts['separation'] = _weighted((separation[0] + separation[1]) / 2, num_paired, config.support)
+    weights['separation'] = config.separation
   if config.equivariance > 0:
     moved = transforms.transform_points(keypoints[:n], transform)
     parts['equivariance'] = _weighted(losses.l1(keypoints[2 * n:], moved), num_paired, config.support)
     weights['equivariance'] = config.equivariance
   if config.use_consistency:
-    # The output is re-encoded with gradients flowing into it and into both encoders (no stop-gradient).
-    keypoints_output = apply(model_lib.DFCNet.encode_pose, output).keypoints
+    # The output is re-encoded with gradients flowing into it (so into G). The pose term gives E_p none: constant
+    # keypoints would make it exactly zero, so training E_p on it pushes the keypoints to collapse. So it re-encodes
+    # an output decoded from keypoints without gradient, with E_p's parameters frozen, against constant source
+    # keypoints. The static term trains E_s on both sides (its Gram matrices carry no position).
+    frozen_pose = {k: jax.lax.stop_gradient(v) if k in _POSE_PARAMS else v for k, v in g_params.items()}
+    fixed_keypoints = jax.lax.stop_gradient(keypoints[:2 * n])
+    pose_output = apply(model_lib.DFCNet.decode, fixed_keypoints[:n], static, fixed_keypoints[n:], target)
+    keypoints_output = generator.apply({'params': frozen_pose}, pose_output,
+                                       method=model_lib.DFCNet.encode_pose).keypoints
     static_output = apply(model_lib.DFCNet.encode_static, output)[-1]
-    parts['pose_consistency'] = _weighted(losses.pose_consistency(keypoints_output, keypoints[:n]), num_paired,
-                                          config.support)
+    parts['pose_consistency'] = _weighted(
+        losses.pose_consistency(keypoints_output, fixed_keypoints[:n]), num_paired,
+        config.support)
     parts['static_consistency'] = _weighted(losses.static_consistency(static_output, static[-1]), num_paired,
                                             config.support)
     weights['pose_consistency'] = config.pose_consistency
@@ -141,13 +165,25 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   # Spread of the source keypoints over the batch: about 0 when the pose encoder has collapsed to fixed points.
   parts['keypoint_spread'] = jnp.mean(jnp.std(keypoints[:n], axis=0))
   parts['adversarial_scale'] = gan_scale
-  return total, (parts, output, target)
+  return total, (parts, output, condition)
+
+
+def _pose_condition(keypoints, image_size, generator: model_lib.DFCNet,
+                    discriminator: model_lib.MultiScaleDiscriminator) -> jax.Array | None:
+  """The pose keypoints' Gaussian maps at full resolution for a pose-conditioned discriminator (else None)."""
+  if not discriminator.pose_condition:
+    return None
+  return model_lib.render_gaussians(jax.lax.stop_gradient(keypoints), image_size, generator.sigma)
+
+
+def _paired_part(condition, num_paired: int):
+  return tuple(None if c is None else c[:num_paired] for c in condition)
 
 
 def _discriminator_loss(d_params, fake, fake_condition, truth, truth_condition, num_paired, *, discriminator,
                         config: losses.LossConfig):
-  real_out = discriminator.apply({'params': d_params}, truth, truth_condition)
-  fake_out = discriminator.apply({'params': d_params}, fake, fake_condition)
+  real_out = discriminator.apply({'params': d_params}, truth, *truth_condition)
+  fake_out = discriminator.apply({'params': d_params}, fake, *fake_condition)
   real_loss, fake_loss = losses.discriminator_adversarial(real_out, fake_out, config.gan_type)
   fake_term = _weighted(fake_loss, num_paired, config.support)
   return jnp.mean(real_loss) + fake_term, {'d_real': jnp.mean(real_loss), 'd_fake': fake_term}
@@ -173,7 +209,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
   truth = to_model_range(batch['truth'])
   num_paired = truth.shape[0]
   (d_loss, d_parts), d_grads = jax.value_and_grad(_discriminator_loss, has_aux=True)(
-      d_params, jax.lax.stop_gradient(fake), fake_condition, truth, fake_condition[:num_paired], num_paired,
+      d_params, jax.lax.stop_gradient(fake), fake_condition, truth, _paired_part(fake_condition, num_paired),
+      num_paired,
       discriminator=discriminator, config=config)
   g_updates, g_opt = state.g_tx.update(g_grads, state.opt_state['generator'], g_params)
   d_updates, d_opt = state.d_tx.update(d_grads, state.opt_state['discriminator'], d_params)

@@ -119,7 +119,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
 def make_eval_set(data_config: ml_collections.ConfigDict, split: str, num_samples: int,
                   sample_seed: int = 0) -> dict[str, np.ndarray]:
   """`num_samples` paired samples of a test split, stacked: images [N,S,S,3] (source, target, truth); for puppets
-  also truth_joints [N,J,2], truth_silhouette [N,S,S] bool, truth_background [N,S,S,3], source_joints [N,J,2].
+  also truth_joints [N,J,2], truth_silhouette [N,S,S] bool, truth_background [N,S,S,3], source_joints [N,J,2],
+  target_silhouette [N,S,S] bool.
   Video frames give every distinct pair of held-out frames when they have fewer than `num_samples`."""
   if data_config.name == 'frames':
     if split != FRAMES_TEST_SPLIT:
@@ -133,9 +134,12 @@ def make_eval_set(data_config: ml_collections.ConfigDict, split: str, num_sample
   return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def make_calibration_set(data_config: ml_collections.ConfigDict, num_samples: int,
-                         sample_seed: int = 1) -> dict[str, Any]:
-  """Renders of the train split with their true joints, to map learned keypoints to joints (keypoint error)."""
+def make_calibration_set(data_config: ml_collections.ConfigDict, num_samples: int, sample_seed: int = 1,
+                         with_truths: bool = False) -> dict[str, Any]:
+  """Renders of the train split with their true joints: the sources of num_samples pairs (and with_truths, their
+  truths after them), to map learned keypoints to joints or to train a joint regressor."""
   sampler = puppets.PuppetSampler(make_world(data_config), 'train', data_config.image_size, sample_seed=sample_seed)
   samples = [sampler.paired(i) for i in range(num_samples)]
-  return {'images': np.stack([s['source'] for s in samples]), 'joints': np.stack([s['source_joints'] for s in samples])}
+  kinds = (('source', 'source_joints'), ('truth', 'truth_joints')) if with_truths else (('source', 'source_joints'),)
+  return {'images': np.stack([s[image] for image, _ in kinds for s in samples]),
+          'joints': np.stack([s[joints] for _, joints in kinds for s in samples])}

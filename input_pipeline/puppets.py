@@ -487,13 +487,14 @@ class PuppetSampler:
 
   def paired(self, index: int) -> dict[str, np.ndarray]:
     """source (character A, pose P), target (character B, another pose), truth (B in P) with its joints,
-    silhouette and background, and the source's joints."""
+    silhouette and background, the source's joints and the target's silhouette."""
     char_a, char_b, source_pose, target_pose = self._draw(index)
     source = render(char_a, source_pose, self.size)
     truth = render(char_b, source_pose, self.size)
-    return {'source': source.image, 'target': render(char_b, target_pose, self.size).image, 'truth': truth.image,
+    target = render(char_b, target_pose, self.size)
+    return {'source': source.image, 'target': target.image, 'truth': truth.image,
             'truth_joints': truth.joints, 'truth_silhouette': truth.silhouette, 'truth_background': truth.background,
-            'source_joints': source.joints}
+            'source_joints': source.joints, 'target_silhouette': target.silhouette}
 
   def unpaired(self, index: int) -> dict[str, np.ndarray]:
     """source and target of two different characters, with no ground truth (the support data)."""

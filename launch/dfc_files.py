@@ -63,12 +63,14 @@ def transfer_paths(checkpoint, source, target, out, *, step: int | None = None, 
 
 
 def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
-                        step: int | None = None, sample_seed: int = 0,
-                        test_frames_dir: str | None = None) -> dict[str, dict[str, float]]:
-  """Metrics per split of a checkpoint; writes out/metrics.json and out/<split>.png.
+                        step: int | None = None, sample_seed: int = 1, test_frames_dir: str | None = None,
+                        regressor_steps: int = 800) -> dict[str, dict[str, dict[str, float]]]:
+  """{split: {row: {metric: mean}}} of a checkpoint (rows 'model' and dfc_evaluate.TRIVIAL_ROWS, all on the same
+  pairs); writes out/metrics.json and out/<split>.png.
 
   `splits` are puppet splits; a video-frames checkpoint is evaluated on its one test split (its held-out frames, or
-  `test_frames_dir`).
+  `test_frames_dir`). Puppet keypoint error comes from the fixed joint regressor (trained for regressor_steps, or
+  read from its cache), never from the model's pose encoder.
   """
   data_config = dfc_task.training_data_config(checkpoint, step)
   if data_config.name == 'puppets':
@@ -85,14 +87,28 @@ def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibratio
   out.mkdir(parents=True, exist_ok=True)
   generator, g_params, _ = dfc_task.load_generator(checkpoint, step)
   evaluator = dfc_evaluate.Evaluator(generator)
-  regressor = None
+  joints_of = encoder_map = None
   if data_config.name == 'puppets':
-    regressor = evaluator.joint_regressor(g_params, pose_data.make_calibration_set(data_config, calibration_samples))
+    joints_of = dfc_task.fixed_joint_regressor(data_config, regressor_steps)
+    encoder_map = evaluator.encoder_calibration(g_params,
+                                                pose_data.make_calibration_set(data_config, calibration_samples))
   results = {}
   for split in splits:
     eval_set = pose_data.make_eval_set(data_config, split, num_samples, sample_seed=sample_seed)
-    results[split], output = evaluator.evaluate(g_params, eval_set, regressor)
+    results[split], output = evaluator.evaluate(g_params, eval_set, joints_of, encoder_map)
     grid = dfc_evaluate.image_grid([eval_set['source'], eval_set['target'], output, eval_set['truth']], grid_rows)
     Image.fromarray(grid).save(out / f'{split}.png')
   (out / 'metrics.json').write_text(json.dumps(results, indent=2) + '\n')
   return results
+
+
+def format_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+  """A Markdown table per split: one row per output (the model, then the trivial rows), one column per metric."""
+  lines = []
+  for split, rows in results.items():
+    names = list(dict.fromkeys(k for values in rows.values() for k in values))
+    lines += [f'{split}:', '| output | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+    lines += [f'| {row} | ' + ' | '.join(f'{values[n]:.4f}' if n in values else '-' for n in names) + ' |'
+              for row, values in rows.items()]
+    lines.append('')
+  return '\n'.join(lines)

@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices, absl flags parsed, and the shared data folder."""
 import os
 import pathlib
+import tempfile
 
 import jax
 from absl import flags
@@ -12,6 +13,8 @@ jax.config.update("jax_num_cpu_devices", 8)
 flags.FLAGS.mark_as_parsed()
 # The binaries turn on the persistent compilation cache; tests that run them must not write to the user's cache.
 os.environ.setdefault("CFI_DFC_JAX_CACHE", "off")
+# Likewise the fixed joint regressor that DFC evaluation caches (the notebooks' kernels inherit this).
+os.environ.setdefault("DFC_REGRESSOR_CACHE", tempfile.mkdtemp(prefix="dfc_regressor_cache_"))
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("CFI_SHARED_DIR", REPO_ROOT.parent / "shared"))

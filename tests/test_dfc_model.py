@@ -84,6 +84,13 @@ def test_amplifier_readings():
     np.testing.assert_allclose(gain, 10.0 * off, rtol=1e-6)
   with pytest.raises(ValueError, match='amplifier'):
     _tiny('loud').init(_KEY, image, image)
+  # A learned sharpening factor starts at sharpen_factor and is a parameter the heatmaps can raise.
+  learned = _tiny('sharpen', sharpen_factor=3.0, learn_sharpen=True)
+  learned_params = learned.init(_KEY, image, image)['params']
+  np.testing.assert_allclose(np.exp(learned_params['log_sharpen']), 3.0, rtol=1e-6)
+  sharper = {**shared, 'log_sharpen': jnp.log(6.0)}
+  logits_learned = learned.apply({'params': sharper}, image, method=model_lib.DFCNet.encode_pose).logits
+  np.testing.assert_allclose(logits_learned, 6.0 * logits_off, rtol=1e-5)
 
 
 def test_generator_and_discriminator_shapes():
@@ -95,6 +102,16 @@ def test_generator_and_discriminator_shapes():
   disc = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2)
   outputs, _ = disc.init_with_output(_KEY, image, image)
   assert len(outputs) == 2 and outputs[0][-1].shape[-1] == 1 and outputs[1][-1].shape[1] < outputs[0][-1].shape[1]
+  # Pose-conditioned: the same image and target with other pose maps get another verdict.
+  posed = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2, pose_condition=True)
+  one_pose = model_lib.render_gaussians(jnp.zeros((2, 2, 2)), (16, 16), 0.1)
+  other_pose = model_lib.render_gaussians(jnp.full((2, 2, 2), 0.6), (16, 16), 0.1)
+  noise = jnp.asarray(_RNG.uniform(-1, 1, image.shape), jnp.float32)
+  d_params = posed.init(_KEY, noise, noise, one_pose)
+  logits = [posed.apply(d_params, noise, noise, p)[0][-1] for p in (one_pose, other_pose)]
+  assert float(jnp.abs(logits[0] - logits[1]).max()) > 1e-4
+  with pytest.raises(ValueError, match='pose maps'):
+    posed.apply(d_params, noise, noise)
 
 
 def test_keypoint_motion_reads_the_appearance_where_its_keypoints_moved():
@@ -189,6 +206,15 @@ def test_pixel_and_perceptual_losses():
   params = losses.vgg16_params(2)
   perceptual = np.asarray(losses.perceptual(params, a, b, 2))
   assert perceptual.shape == (2,) and perceptual[0] == 0.0 and perceptual[1] > 0.0
+  # Normalised: each layer and scale adds a mean squared distance of unit vectors, in [0, 4].
+  noise = jnp.asarray(_RNG.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  single = np.asarray(losses.perceptual(params, noise, a, 2, normalize=True))
+  pyramid = np.asarray(losses.perceptual(params, noise, a, 2, normalize=True, scales=2))
+  assert (single > 0).all() and (single <= 2 * 4).all() and (pyramid > single).all() and (pyramid <= 4 * 4).all()
+  np.testing.assert_allclose(losses.perceptual(params, noise, noise, 2, normalize=True, scales=2), [0.0, 0.0],
+                             atol=1e-6)
+  with pytest.raises(ValueError, match='perceptual_scales'):
+    losses.LossConfig(perceptual_scales=0)
 
 
 def test_gan_losses_on_hand_made_logits():
@@ -221,7 +247,22 @@ def test_consistency_losses():
   keypoints = jnp.array([[[0.0, 0.0], [0.5, -0.5]]])
   np.testing.assert_allclose(losses.pose_consistency(keypoints + 0.1, keypoints), [0.1], rtol=1e-5)
   features = jnp.ones((1, 2, 2, 3))
-  np.testing.assert_allclose(losses.static_consistency(features, 3 * features), [2.0])
+  # Gram entries: mean over positions of 1 x 1 against 3 x 3.
+  np.testing.assert_allclose(losses.static_consistency(features, 3 * features), [8.0])
+  # Position-free: the same features elsewhere in the image (here a character moved, or posed otherwise) match.
+  varied = jnp.asarray(_RNG.normal(size=(1, 4, 4, 3)), jnp.float32)
+  moved = jnp.roll(varied, (1, 2), axis=(1, 2))[:, ::-1]
+  np.testing.assert_allclose(losses.static_consistency(moved, varied), [0.0], atol=1e-6)
+  assert float(losses.static_consistency(2 * varied, varied)[0]) > 0.1
+
+
+def test_separation_prior_penalises_keypoints_that_coincide():
+  together = jnp.zeros((1, 3, 2))
+  apart = jnp.array([[[-0.8, -0.8], [0.0, 0.0], [0.8, 0.8]]])
+  np.testing.assert_allclose(losses.separation(together, 0.1), [1.0])  # every pair at distance 0
+  assert float(losses.separation(apart, 0.1)[0]) < 1e-10
+  pair = jnp.array([[[0.0, 0.0], [0.1, 0.0]]])
+  np.testing.assert_allclose(losses.separation(pair, 0.1), [np.exp(-0.5)], rtol=1e-6)
 
 
 def test_psnr_ssim_lpips():
@@ -250,6 +291,24 @@ def test_silhouette_iou():
   assert predicted.sum() == 4
   np.testing.assert_allclose(metrics.silhouette_iou(predicted, true), [4 / 6])
   np.testing.assert_allclose(metrics.silhouette_iou(np.zeros_like(true), np.zeros_like(true)), [1.0])
+  np.testing.assert_allclose(metrics.foreground_l1(output, background, true), [0.5 * 4 / 6])
+
+
+def test_silhouette_iou_of_the_truth_is_one_with_the_true_mask():
+  # A truth whose character has one pixel of the background's colour and one anti-aliased pixel outside its mask.
+  background = np.zeros((1, 4, 4, 3), np.float32)
+  truth = background.copy()
+  truth[0, :2, :2] = 0.8
+  truth[0, 0, 0] = 0.0   # inside the mask, indistinguishable from the background
+  truth[0, 3, 3] = 0.3   # outside the mask, differs from the background
+  mask = np.zeros((1, 4, 4), bool)
+  mask[0, :2, :2] = True
+  np.testing.assert_allclose(metrics.silhouette_iou_of(truth, truth, mask, background), [1.0])
+  # The background alone scores 0, a copy with one true pixel missing 2 / 3 of the 3 readable ones.
+  np.testing.assert_allclose(metrics.silhouette_iou_of(background, truth, mask, background), [0.0])
+  partial = truth.copy()
+  partial[0, 1, 1] = 0.0
+  np.testing.assert_allclose(metrics.silhouette_iou_of(partial, truth, mask, background), [2 / 3])
 
 
 def test_joint_regressor_recovers_a_linear_map_and_keypoint_error():

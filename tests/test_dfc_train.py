@@ -12,11 +12,14 @@ import optax
 from PIL import Image
 import pytest
 
+from dfc_jax import evaluate as dfc_evaluate
+from dfc_jax import joint_regressor
 from dfc_jax import losses
 from dfc_jax import model as model_lib
 from dfc_jax import train as dfc_train
 from dfc_jax import transforms
 from input_pipeline import images
+from input_pipeline import pose_data
 from launch import checkpoints
 from launch import dfc_files
 from launch import trainer
@@ -40,12 +43,16 @@ def test_step_on_eight_devices_equals_one_device():
   # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in ~zero gradients into lr-sized
   # differences.
   tx = optax.sgd(0.1)
-  # With the keypoint warp and the equivariance prior, so that both are checked under sharding too (the smoke run
+  # With the demo's switches (keypoint warp, learned sharpening, pose-conditioned discriminator, equivariance and
+  # separation priors, normalised perceptual pyramid), so that they are checked under sharding too (the smoke run
   # below trains without them).
-  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True)
-  state = dfc_train.create_train_state(jax.random.PRNGKey(0), generator, _DISCRIMINATOR, tx, tx, (1, 16, 16, 3))
-  config = losses.LossConfig(vgg_layers=1, equivariance=1.0)
-  step = functools.partial(dfc_train.train_step, generator=generator, discriminator=_DISCRIMINATOR, config=config,
+  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, amplifier='sharpen',
+                               learn_sharpen=True)
+  discriminator = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2, pose_condition=True)
+  state = dfc_train.create_train_state(jax.random.PRNGKey(0), generator, discriminator, tx, tx, (1, 16, 16, 3))
+  config = losses.LossConfig(vgg_layers=1, equivariance=1.0, separation=1.0, perceptual_normalize=True,
+                             perceptual_scales=2)
+  step = functools.partial(dfc_train.train_step, generator=generator, discriminator=discriminator, config=config,
                            vgg_params=losses.vgg16_params(1), key=_KEY)
   batch = _batch(8)
   results = []
@@ -58,7 +65,8 @@ def test_step_on_eight_devices_equals_one_device():
     results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
   (params_1, metrics_1), (params_8, metrics_8) = results
   assert set(metrics_1) >= {'loss', 'd_loss', 'l1', 'perceptual', 'adversarial', 'feature_matching',
-                            'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance'}
+                            'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance',
+                            'separation'}
   for name in metrics_1:
     np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-4, atol=1e-6, err_msg=name)
   # The updates agree to float32 reduction-order noise (L1-type losses turn it into sign flips of tiny residuals),
@@ -77,13 +85,26 @@ def test_consistency_gradients_reach_the_generator_through_the_reencoding():
   batch = _batch(2)
   weights = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0)
 
-  # Only the consistency losses are on: the decoder gets gradients solely through E_p(output) and E_s(output).
-  config = losses.LossConfig(pose_consistency=1.0, static_consistency=1.0, **weights)
-  loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, 0, generator=_GENERATOR,  # noqa: E731
-                                                discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
-  grads = jax.jit(jax.grad(loss_fn))(g_params)
-  for part in ('generator', 'pose_encoder', 'static_encoder'):
-    assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads[part]))) > 0, part
+  def grads_of(generator, params, **consistency):
+    config = losses.LossConfig(**consistency, **weights)
+    loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, 0, generator=generator,  # noqa: E731
+                                                  discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
+    grads = jax.jit(jax.grad(loss_fn))(params)
+    return grads, {k: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(v))) for k, v in grads.items()}
+
+  # Only one consistency loss is on: the decoder gets gradients solely through E_p(output) or E_s(output).
+  _, static = grads_of(_GENERATOR, g_params, pose_consistency=0.0, static_consistency=1.0)
+  assert static['generator'] > 0 and static['static_encoder'] > 0
+  # Pose consistency trains the generator to draw the source's pose, never E_p: constant keypoints would zero it.
+  # With the learned sharpening and the warp (where E_p's keypoints also steer the motion) too.
+  for generator in (_GENERATOR, model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True,
+                                                 amplifier='sharpen', learn_sharpen=True)):
+    params = g_params if generator is _GENERATOR else jax.jit(generator.init)(_KEY, image, image)['params']
+    grads, pose = grads_of(generator, params, pose_consistency=1.0, static_consistency=0.0)
+    assert pose['generator'] > 0 and pose['static_encoder'] > 0
+    jax.tree.map(lambda g: np.testing.assert_array_equal(g, 0.0), grads['pose_encoder'])
+    if 'log_sharpen' in grads:
+      assert float(grads['log_sharpen']) == 0.0
 
 
 def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():
@@ -162,8 +183,10 @@ def test_discriminator_learning_rate_ratio():
 def smoke_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('dfc_smoke')
   config = dfc_config.get_config('smoke')
-  state = trainer.train_and_evaluate(config, workdir)
-  return workdir, config, state
+  with pytest.MonkeyPatch.context() as patch:  # the fixed joint regressor's cache, kept out of the user's
+    patch.setenv('DFC_REGRESSOR_CACHE', str(tmp_path_factory.mktemp('regressor_cache')))
+    state = trainer.train_and_evaluate(config, workdir)
+    yield workdir, config, state
 
 
 def test_smoke_trains_checkpoints_and_evaluates(smoke_run):
@@ -171,7 +194,9 @@ def test_smoke_trains_checkpoints_and_evaluates(smoke_run):
   assert int(state.step) == config.num_steps
   records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   evals = [r for r in records if r['split'] == 'eval']
-  assert evals and {'test_unseen_characters/ssim', 'test_unseen_animations/keypoint_error'} <= set(evals[-1])
+  assert evals and {'test_unseen_characters/ssim', 'test_unseen_animations/keypoint_error',
+                    'test_unseen_animations/encoder_keypoint_error', 'test_unseen_characters/copy_target/fg_l1',
+                    'test_unseen_characters/blurred_target/iou'} <= set(evals[-1])
   grid = np.asarray(Image.open(workdir / evals[-1]['image']))
   size = config.data.image_size
   assert grid.shape == (config.eval.grid_rows * size, 4 * size, 3)
@@ -215,10 +240,14 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   assert result.returncode == 1 and 'broken.png' in result.stderr and 'not a readable image' in result.stderr
   assert 'Traceback' not in result.stderr
   results = dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
-                                          num_samples=2, calibration_samples=8, grid_rows=2)
-  values = results['test_unseen_characters']
-  assert set(values) == {'ssim', 'psnr', 'lpips', 'silhouette_iou', 'keypoint_error'}
-  assert all(np.isfinite(v) for v in values.values())
+                                          num_samples=2, calibration_samples=8, grid_rows=2, regressor_steps=5)
+  rows = results['test_unseen_characters']
+  assert list(rows) == ['model', 'copy_target', 'background', 'blurred_target']
+  image_metrics = {'ssim', 'psnr', 'lpips', 'iou', 'fg_l1', 'keypoint_error'}
+  assert set(rows['model']) == image_metrics | {'keypoint_spread', 'encoder_keypoint_error'}
+  assert all(set(rows[row]) == image_metrics for row in dfc_evaluate.TRIVIAL_ROWS)
+  assert all(np.isfinite(v) for values in rows.values() for v in values.values())
+  assert rows['background']['iou'] == 0.0  # the character erased
   assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == results
   assert (tmp_path / 'eval' / 'test_unseen_characters.png').exists()
   assert dfc_task.training_crop(ckpt) == 'center'
@@ -237,13 +266,18 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
   trainer.train_and_evaluate(config, tmp_path / 'run')
   records = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
   evaluation = [r for r in records if r['split'] == 'eval'][-1]
-  assert {k for k in evaluation if '/' in k} == {'test_frames/ssim', 'test_frames/psnr', 'test_frames/lpips'}
+  # Video frames have no silhouettes, joints or background: whole-image metrics, beside the two trivial rows.
+  image_metrics = ('ssim', 'psnr', 'lpips')
+  assert {k for k in evaluation if '/' in k} == {f'test_frames/{m}' for m in (*image_metrics, 'keypoint_spread')} | {
+      f'test_frames/{row}/{m}' for row in ('copy_target', 'blurred_target') for m in image_metrics}
   ckpt = tmp_path / 'run' / 'checkpoints'
   results = dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
-                                          num_samples=8, calibration_samples=8, grid_rows=4)
-  # The binary evaluates the final checkpoint on the same held-out pairs as training did at that step.
-  assert set(results) == {'test_frames'}
-  for metric, value in results['test_frames'].items():
+                                          num_samples=8, calibration_samples=8, grid_rows=4, sample_seed=0)
+  # With training's sample seed, the binary evaluates the final checkpoint on the same held-out pairs as training
+  # did at that step.
+  assert set(results) == {'test_frames'} and list(results['test_frames']) == ['model', 'copy_target',
+                                                                               'blurred_target']
+  for metric, value in results['test_frames']['model'].items():
     assert value == pytest.approx(evaluation[f'test_frames/{metric}'], rel=1e-5)
   size = config.data.image_size
   assert np.asarray(Image.open(tmp_path / 'eval' / 'test_frames.png')).shape == (2 * size, 4 * size, 3)
@@ -251,13 +285,17 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
                                         calibration_samples=8, grid_rows=8,
                                         test_frames_dir=str(edn / 'sample_data' / 'train' / 'train_img'))
   assert np.asarray(Image.open(tmp_path / 'other' / 'test_frames.png')).shape == (6 * size, 4 * size, 3)
-  assert other['test_frames']['ssim'] != results['test_frames']['ssim']
+  assert other['test_frames']['model']['ssim'] != results['test_frames']['model']['ssim']
   # launch.transfer crops new frames as training did unless told otherwise.
   assert dfc_task.training_crop(ckpt) == '0,128,512,512'
 
 
 def test_checkpoints_from_before_video_frames_and_equivariance_resume():
-  experiment = json.loads(dfc_config.get_config('demo').to_json_best_effort())  # as the trainer saves it
+  config = dfc_config.get_config('demo')
+  # A checkpoint from before the prior trained without it: the current demo turns it on, so compare with the demo
+  # as it was then.
+  config.loss.equivariance = losses.LossConfig().equivariance
+  experiment = json.loads(config.to_json_best_effort())  # as the trainer saves it
   now = {'model': 'dfc', 'process_count': 1, 'experiment': experiment}
   older = json.loads(json.dumps(now))
   for field in ('frames_dir', 'test_frames_dir', 'support_frames_dir', 'crop', 'holdout_fraction'):
@@ -269,3 +307,29 @@ def test_checkpoints_from_before_video_frames_and_equivariance_resume():
   now['experiment']['data']['crop'] = 'none'
   assert trainer.config_differences(older, now, added_field_defaults=added) == [
       "data.crop: checkpoint 'center', now 'none'"]
+
+
+def test_fixed_joint_regressor_is_cached_and_judges_every_row_on_the_same_pairs(tmp_path, monkeypatch):
+  monkeypatch.setenv('DFC_REGRESSOR_CACHE', str(tmp_path / 'cache'))
+  config = dfc_config.get_config('smoke')
+  joints_of = dfc_task.fixed_joint_regressor(config.data, num_steps=3, num_renders=8)
+  assert len(list((tmp_path / 'cache').glob('joint_regressor_*.msgpack'))) == 1
+  eval_set = pose_data.make_eval_set(config.data, 'test_unseen_characters', 4, sample_seed=1)
+  joints = joints_of(eval_set['truth'])
+  assert joints.shape == eval_set['truth_joints'].shape
+  # The second call reads the cache instead of training again, and gives the same regressor.
+  monkeypatch.setattr(joint_regressor, 'fit', lambda *args, **kwargs: pytest.fail('trained again'))
+  np.testing.assert_array_equal(dfc_task.fixed_joint_regressor(config.data, 3, 8)(eval_set['truth']), joints)
+
+  # Two different models: the trivial rows, keypoint error included, do not change with the model.
+  image = jnp.zeros((1, 32, 32, 3))
+  evaluator = dfc_evaluate.Evaluator(_GENERATOR, batch_size=4)
+  params = [jax.jit(_GENERATOR.init)(jax.random.key(seed, impl='rbg'), image, image)['params'] for seed in (0, 1)]
+  scores = [evaluator.evaluate(p, eval_set, joints_of)[0] for p in params]
+  assert scores[0]['model'] != scores[1]['model']
+  for row in dfc_evaluate.TRIVIAL_ROWS:
+    assert scores[0][row] == scores[1][row] and set(scores[0][row]) >= {'keypoint_error', 'iou', 'fg_l1'}
+  # A "model" that copies the target scores exactly the copy_target row: the rows are scored on the same pairs.
+  monkeypatch.setattr(evaluator, 'transfer', lambda params, source, target: target)
+  copying = evaluator.evaluate(params[0], eval_set, joints_of)[0]
+  assert {k: v for k, v in copying['model'].items() if k != 'keypoint_spread'} == copying['copy_target']

@@ -142,9 +142,10 @@ def test_dfc_notebook_trains_evaluates_and_shows(tmp_path, monkeypatch):
   _check_training_log(notebook, config)
 
   table = _find_table(notebook, 'split')
-  assert table[0][1:] == ['ssim', 'psnr', 'lpips', 'silhouette_iou', 'keypoint_error']
-  assert [row[0] for row in table[1:]] == list(config.eval.splits)
-  assert all(np.isfinite(float(v)) for row in table[1:] for v in row[1:])
+  assert table[0][1:] == ['output', 'ssim', 'psnr', 'lpips', 'iou', 'fg_l1', 'keypoint_error']
+  rows = ['model', 'copy_target', 'background', 'blurred_target']
+  assert [row[:2] for row in table[1:]] == [[split, row] for split in config.eval.splits for row in rows]
+  assert all(np.isfinite(float(v)) for row in table[1:] for v in row[2:])
 
   grids = _outputs(notebook, 'image/png')
   assert len(grids) == len(config.eval.splits)

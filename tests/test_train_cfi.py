@@ -85,9 +85,14 @@ def test_sharded_step_matches_single_device():
   # BatchNorm parameters and statistics, and every loss term must agree.
   for name, value in one["metrics"].items():
     close(value, eight["metrics"][name], rtol=1e-5 if name == "grad_norm" else 1e-6, err_msg=name)
+  # A flipped max-pool tie (see above) moves a handful of kernel entries by at most one Adam step; which entries
+  # flip depends on the CPU's vector code, so a few are allowed per kernel, while a sharding bug moves most of them.
+  learning_rate = config.optimizer.learning_rate
   for path, value in one["params"].items():
     if path[-1] != "bias" or path[-2] == "bn":
-      close(value, eight["params"][path], rtol=1e-6, err_msg=str(path))
+      off = ~np.isclose(value, eight["params"][path], rtol=1e-6, atol=1e-6)
+      assert off.mean() <= 0.01, f"{path}: {off.sum()} of {off.size} entries differ"
+      assert np.abs(value - eight["params"][path])[off].max(initial=0) <= 2 * learning_rate, str(path)
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,26 @@
 input_pipeline (puppets or video frames); and loading a trained generator back from a checkpoint (for
 launch.transfer and launch.evaluate_dfc)."""
 import dataclasses
+import functools
+import hashlib
+import json
 import os
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
+import flax.serialization
 import jax
 import ml_collections
 import numpy as np
 
 from dfc_jax import evaluate as dfc_evaluate
+from dfc_jax import joint_regressor
 from dfc_jax import losses
 from dfc_jax import model as model_lib
 from dfc_jax import train as dfc_train
 from input_pipeline import pose_data
+from input_pipeline import puppets
 from launch import checkpoints
 from launch import task as task_lib
 
@@ -59,20 +67,59 @@ def training_crop(checkpoint: str | os.PathLike, step: int | None = None) -> str
   return data.get('crop', 'center') if data.name == 'frames' else 'center'
 
 
+# Bump when the regressor's training changes, so that cached parameters of the old one are not reused.
+_REGRESSOR_VERSION = 1
+
+
+def regressor_cache_dir() -> pathlib.Path:
+  """Where fixed joint regressors are cached: $DFC_REGRESSOR_CACHE, else $XDG_CACHE_HOME/dfc_jax
+  (~/.cache/dfc_jax by default)."""
+  if os.environ.get('DFC_REGRESSOR_CACHE'):
+    return pathlib.Path(os.environ['DFC_REGRESSOR_CACHE'])
+  return pathlib.Path(os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache') / 'dfc_jax'
+
+
+def fixed_joint_regressor(data_config: ml_collections.ConfigDict, num_steps: int,
+                          num_renders: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
+  """The fixed joint regressor (dfc_jax.joint_regressor) of a puppet world and image size, as images -> joints in
+  pixels: trained on `num_renders` train-split pairs (their source and truth renders) for `num_steps`,
+  deterministically, and cached (regressor_cache_dir) under a name that hashes everything it depends on. It never
+  sees a DFC-Net model, so every model and every trivial output is judged by the same one."""
+  world = dataclasses.asdict(pose_data.make_world(data_config))
+  regressor_config = joint_regressor.RegressorConfig(num_steps=num_steps)
+  identity = json.dumps({'version': _REGRESSOR_VERSION, 'world': world, 'size': data_config.image_size,
+                         'renders': num_renders, 'config': regressor_config._asdict()}, sort_keys=True)
+  path = regressor_cache_dir() / f'joint_regressor_{hashlib.sha256(identity.encode()).hexdigest()[:16]}.msgpack'
+  if path.exists():
+    params = flax.serialization.msgpack_restore(path.read_bytes())
+  else:
+    renders = pose_data.make_calibration_set(data_config, num_renders, sample_seed=2, with_truths=True)
+    params = joint_regressor.fit(renders['images'], renders['joints'], regressor_config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f'.tmp{os.getpid()}')
+    temporary.write_bytes(flax.serialization.msgpack_serialize(params))
+    temporary.replace(path)  # atomic: concurrent evaluations never read half a file
+  return functools.partial(joint_regressor.predict, params, num_joints=puppets.NUM_JOINTS, config=regressor_config)
+
+
 class DFCTask(task_lib.Task):
   """Trains DFC-Net on puppets or video frames; evaluates SSIM, PSNR and LPIPS on the test splits, and on puppets
-  also silhouette IoU and keypoint error.
+  also silhouette IoU, foreground L1 and keypoint error (fixed_joint_regressor), beside the trivial outputs
+  (dfc_evaluate.TRIVIAL_ROWS).
 
-  Evaluation metrics are named '{split}/{metric}'; the grid shows source | target | output | truth rows of the first
-  split.
+  Evaluation metrics are named '{split}/{metric}' for the model and '{split}/{row}/{metric}' for the trivial rows;
+  the grid shows source | target | output | truth rows of the first split.
   """
 
   name = 'dfc'
-  # Checkpoints written before the equivariance prior, video-frame training and the keypoint warp existed used none.
+  # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
+  # sharpening, the pose-conditioned discriminator, the normalised perceptual loss and the separation prior used none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith('equivariance')},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
-                          'model.warp': False}
+                          'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
+                          'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
+                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -88,6 +135,7 @@ class DFCTask(task_lib.Task):
     self._evaluator = None
     self._eval_sets = None
     self._calibration = None
+    self._joints_of = None
 
   def model_config(self) -> dict[str, Any]:
     return dict(self._model_config)
@@ -118,12 +166,16 @@ class DFCTask(task_lib.Task):
                          for split in pose_data.eval_splits(self.config.data, cfg.splits)}
       if self.config.data.name == 'puppets':  # only renders have true joints
         self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
+        self._joints_of = fixed_joint_regressor(self.config.data, cfg.regressor_steps)
     g_params = state.params['generator']
-    regressor = None if self._calibration is None else self._evaluator.joint_regressor(g_params, self._calibration)
+    encoder_map = (None if self._calibration is None
+                   else self._evaluator.encoder_calibration(g_params, self._calibration))
     results, grid = {}, None
     for split, eval_set in self._eval_sets.items():
-      values, output = self._evaluator.evaluate(g_params, eval_set, regressor)
-      results.update({f'{split}/{k}': v for k, v in values.items()})
+      rows, output = self._evaluator.evaluate(g_params, eval_set, self._joints_of, encoder_map)
+      # The model's metrics, and each trivial row's as '{split}/{row}/{metric}'.
+      results.update({f'{split}/{k}': v for k, v in rows.pop('model').items()})
+      results.update({f'{split}/{row}/{k}': v for row, values in rows.items() for k, v in values.items()})
       if grid is None:
         grid = dfc_evaluate.image_grid([eval_set['source'], eval_set['target'], output, eval_set['truth']],
                                        cfg.grid_rows)
