@@ -4,6 +4,7 @@ A task owns everything model-specific: the dataset, the train state, the pure tr
 loop owns everything else: devices and shardings, jit, PRNG keys, checkpoints, logging and resume.
 """
 import pathlib
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import grain
@@ -53,6 +54,16 @@ class Task(Protocol):
 
     Called on process 0 only, with a copy of the state that lives on one local device (so evaluation needs no
     collectives and is not repeated on every device)."""
+    ...
+
+
+@runtime_checkable
+class PlatformDependent(Protocol):
+  """Optional extra of a task whose step is best run differently per platform (CFI's view_batching='auto')."""
+
+  def train_step_for(self, platform: str) -> Callable[[State, Batch, jax.Array], tuple[State, dict[str, jax.Array]]]:
+    """`train_step` for devices of `platform` ('cpu', 'gpu', 'tpu'): the platform the loop compiles the step for,
+    which is not always jax's default backend."""
     ...
 
 
