@@ -32,5 +32,8 @@ setuptools.setup(
         "test": ["pytest>=8,<10", "nbclient>=0.10,<0.12", "nbformat>=5.10,<6", "ipykernel>=6.29,<8"],
         # Only for importing the authors' PyTorch weights and speed comparisons; pin the CPU wheel.
         "torch": ["torch==2.13.0"],
+        # libtpu at the pinned jax version: runs on a TPU VM, and compiles for a TPU anywhere
+        # (benchmarks/aot_report.py, tests/test_aot.py).
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
     },
 )
