@@ -99,6 +99,8 @@ def get_config(variant: str = "demo") -> ml_collections.ConfigDict:
     config.eval_every = config.checkpoint_every
     config.log_every = 10
     config.remat = "views"
+    # 180 small pairs: decode each once (benchmarks/input_pipeline_speed.py).
+    config.data.cache_decoded = True
   else:
     raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo or paper.")
   return config

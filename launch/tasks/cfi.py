@@ -40,8 +40,9 @@ class CFITask:
   """
 
   name = "isfuse"
-  # Looped, vmapped or recomputed views compute the same step (cfi_jax/train.py), so a run may switch between them.
-  resumable_fields = frozenset({"view_batching", "remat"})
+  # Looped, vmapped or recomputed views compute the same step (cfi_jax/train.py), and cached pairs are the same
+  # pairs, so a run may switch between them.
+  resumable_fields = frozenset({"view_batching", "remat", "data.cache_decoded"})
   # Checkpoints written before running_stats existed fed every view into the running statistics.
   added_field_defaults = {"running_stats": "all_views"}
 
