@@ -134,22 +134,30 @@ def apply_views(model: nn.Module, params: Any, batch_stats: Any, vis_views: jax.
   view's pass starts from zero running statistics, so flax's update `momentum * 0 + (1 - momentum) * s` leaves
   exactly the scaled batch statistic. Train mode never reads the running statistics, so outputs are unaffected.
   """
-  stats_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch_stats)
+  if remat not in REMAT_MODES:
+    raise ValueError(f'remat must be one of {REMAT_MODES}, got {remat!r}')
+  if remat == 'views':
+    stats_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch_stats)
 
-  def one_view(params, vis, ir):
-    # Zeros made from shapes, not from the traced statistics: a custom VJP may not close over traced values.
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shapes)
+    def view_of(params, vis, ir):
+      # Zeros made from shapes, not from the traced statistics: a custom VJP may not close over traced values.
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shapes)
+      out, mutated = model.apply({'params': params, 'batch_stats': zeros}, vis, ir, train=True,
+                                 mutable=['batch_stats'])
+      return out, mutated['batch_stats']
+
+    return _one_view_at_a_time(view_of, params, vis_views, ir_views)
+
+  zeros = jax.tree.map(jnp.zeros_like, batch_stats)
+
+  def one_view(vis, ir):
     out, mutated = model.apply({'params': params, 'batch_stats': zeros}, vis, ir, train=True,
                                mutable=['batch_stats'])
     return out, mutated['batch_stats']
 
-  if remat not in REMAT_MODES:
-    raise ValueError(f'remat must be one of {REMAT_MODES}, got {remat!r}')
-  if remat == 'views':
-    return _one_view_at_a_time(one_view, params, vis_views, ir_views)
   if resolve_view_batching(view_batching) == 'vmap':
-    return jax.vmap(one_view, in_axes=(None, 0, 0))(params, vis_views, ir_views)
-  per_view = [one_view(params, vis_views[k], ir_views[k]) for k in range(vis_views.shape[0])]
+    return jax.vmap(one_view)(vis_views, ir_views)
+  per_view = [one_view(vis_views[k], ir_views[k]) for k in range(vis_views.shape[0])]
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_view)
 
 
