@@ -34,5 +34,8 @@ setuptools.setup(
                  "ruff>=0.17,<0.18"],
         # Only for importing the authors' PyTorch weights and speed comparisons; pin the CPU wheel.
         "torch": ["torch==2.13.0"],
+        # libtpu at the pinned jax version: runs on a TPU VM, and compiles for a TPU anywhere
+        # (benchmarks/aot_report.py, tests/test_aot.py).
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
     },
 )

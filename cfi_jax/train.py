@@ -41,6 +41,7 @@ from cfi_jax.model import FusionOutput, ISFuse
 
 Batch = Mapping[str, jax.Array]
 VIEW_BATCHING_MODES = ('auto', 'vmap', 'loop')
+REMAT_MODES = ('none', 'views')
 RUNNING_STATS_MODES = ('all_views', 'clean_view')
 
 
@@ -121,13 +122,31 @@ def resolve_view_batching(mode: str, backend: str | None = None) -> str:
 
 
 def apply_views(model: nn.Module, params: Any, batch_stats: Any, vis_views: jax.Array, ir_views: jax.Array,
-                view_batching: str = 'auto') -> tuple[FusionOutput, Any]:
+                view_batching: str = 'auto', remat: str = 'none') -> tuple[FusionOutput, Any]:
   """Train-mode forward of every view over the leading view axis, vmapped or as a loop (see module docstring).
+
+  remat='views' runs the views one after another and keeps none of their activations: the backward pass recomputes
+  one view's forward at a time, so only one view's activations are alive, for about one extra forward pass.
+  view_batching is then moot. The outputs, and so the coupled losses, are the same function of the parameters.
 
   Returns the stacked outputs and, per view, (1 - momentum) * its batch statistics (flax's biased variance): each
   view's pass starts from zero running statistics, so flax's update `momentum * 0 + (1 - momentum) * s` leaves
   exactly the scaled batch statistic. Train mode never reads the running statistics, so outputs are unaffected.
   """
+  if remat not in REMAT_MODES:
+    raise ValueError(f'remat must be one of {REMAT_MODES}, got {remat!r}')
+  if remat == 'views':
+    stats_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch_stats)
+
+    def view_of(params, vis, ir):
+      # Zeros made from shapes, not from the traced statistics: a custom VJP may not close over traced values.
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), stats_shapes)
+      out, mutated = model.apply({'params': params, 'batch_stats': zeros}, vis, ir, train=True,
+                                 mutable=['batch_stats'])
+      return out, mutated['batch_stats']
+
+    return _one_view_at_a_time(view_of, params, vis_views, ir_views)
+
   zeros = jax.tree.map(jnp.zeros_like, batch_stats)
 
   def one_view(vis, ir):
@@ -139,6 +158,45 @@ def apply_views(model: nn.Module, params: Any, batch_stats: Any, vis_views: jax.
     return jax.vmap(one_view)(vis_views, ir_views)
   per_view = [one_view(vis_views[k], ir_views[k]) for k in range(vis_views.shape[0])]
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_view)
+
+
+def _one_view_at_a_time(one_view, params: Any, vis_views: jax.Array, ir_views: jax.Array):
+  """`one_view(params, vis, ir)` over the leading view axis, stacked, with only one view's activations alive.
+
+  A custom VJP instead of jax.checkpoint: checkpointed views are independent, so XLA may (and on GPU does) run all
+  five recomputations side by side and keep all their activations. Here optimization barriers chain the views:
+  view k's inputs wait for view k-1's output going forward, and its recomputation waits for view k+1's gradient
+  going back.
+  """
+
+  def chained_views(params, vis_views, ir_views):
+    outputs, previous = [], None
+    for k in range(vis_views.shape[0]):
+      inputs = (params, vis_views[k], ir_views[k])
+      if previous is not None:
+        inputs, _ = jax.lax.optimization_barrier((inputs, previous))
+      outputs.append(one_view(*inputs))
+      previous = outputs[-1]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+
+  @jax.custom_vjp
+  def views(params, vis_views, ir_views):
+    return chained_views(params, vis_views, ir_views)
+
+  def forward(params, vis_views, ir_views):
+    return chained_views(params, vis_views, ir_views), (params, vis_views, ir_views)
+
+  def backward(residuals, cotangents):
+    params, vis_views, ir_views = residuals
+    grads = jax.tree.map(jnp.zeros_like, params)
+    for k in reversed(range(vis_views.shape[0])):
+      (view_params, vis, ir), grads = jax.lax.optimization_barrier(((params, vis_views[k], ir_views[k]), grads))
+      _, vjp = jax.vjp(lambda p, vis=vis, ir=ir: one_view(p, vis, ir), view_params)
+      grads = jax.tree.map(jnp.add, grads, vjp(jax.tree.map(lambda c, k=k: c[k], cotangents))[0])
+    return grads, jnp.zeros_like(vis_views), jnp.zeros_like(ir_views)
+
+  views.defvjp(forward, backward)
+  return views(params, vis_views, ir_views)
 
 
 def merge_batch_stats(batch_stats: Any, view_updates: Any, layers: Mapping[tuple[str, ...], BatchNormLayer],
@@ -176,13 +234,14 @@ def merge_batch_stats(batch_stats: Any, view_updates: Any, layers: Mapping[tuple
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse, loss_config: losses.LossConfig,
-               view_batching: str = 'auto',
-               running_stats: str = 'all_views') -> tuple[TrainState, dict[str, jax.Array]]:
+               view_batching: str = 'auto', running_stats: str = 'all_views',
+               remat: str = 'none') -> tuple[TrainState, dict[str, jax.Array]]:
   """One Adam step on L = L_f + alpha L_inv + beta L_nec over the clean batch and its interventions.
 
   Pure and jit-able (model, loss_config, view_batching and running_stats are static); with `batch` sharded over a
   'data' mesh axis, XLA computes the BatchNorm statistics and the loss as global means. `running_stats`: which
   passes update the BatchNorm running statistics, 'all_views' (the release) or 'clean_view' (module docstring).
+  `remat`: 'none' or 'views' (recompute one view at a time in the backward pass; `apply_views`).
   Metrics: every loss term ('loss' is the total), the mean gate per scale of the clean pass ('gate_mean_3/4/5') and
   the global gradient norm ('grad_norm').
   """
@@ -194,7 +253,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, model: ISFuse
       dropout=loss_config.dropout, config=loss_config.holes)
 
   def loss_fn(params):
-    outputs, bn_updates = apply_views(model, params, state.batch_stats, vis_views, ir_views, view_batching)
+    outputs, bn_updates = apply_views(model, params, state.batch_stats, vis_views, ir_views, view_batching,
+                                          remat)
     loss, terms = losses.total_loss(outputs.fused, outputs.gates, vis, ir, loss_config)
     return loss, (terms, outputs.gates, bn_updates)
 

@@ -8,7 +8,7 @@ their defaults, so the loop reads them as plain attributes.
 """
 import pathlib
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import grain
@@ -65,3 +65,13 @@ class Task(Protocol):
     """Optional: writes a few held-out inputs into `directory` as files, so a user can try the inference binary on
     them (called once per run, on process 0). By default nothing is written."""
     del directory
+
+
+@runtime_checkable
+class PlatformDependent(Protocol):
+  """Optional extra of a task whose step is best run differently per platform (CFI's view_batching='auto')."""
+
+  def train_step_for(self, platform: str) -> Callable[[State, Batch, jax.Array], tuple[State, dict[str, jax.Array]]]:
+    """`train_step` for devices of `platform` ('cpu', 'gpu', 'tpu'): the platform the loop compiles the step for,
+    which is not always jax's default backend."""
+    ...

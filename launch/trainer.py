@@ -180,8 +180,13 @@ def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
+  # The step is specialised to the platform of the devices it is compiled for, which need not be jax's default
+  # backend (an ahead-of-time compile for a TPU from a CPU host: benchmarks/aot_report.py).
+  platform = mesh.devices.flat[0].platform
+  task_step = task.train_step_for(platform) if isinstance(task, task_lib.PlatformDependent) else task.train_step
+
   def step_fn(state, batch, key):
-    return task.train_step(state, batch, jax.random.fold_in(key, state.step))
+    return task_step(state, batch, jax.random.fold_in(key, state.step))
 
   return jax.jit(step_fn, in_shardings=(replicated, data_sharding, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -197,6 +202,12 @@ def _set_aside(directory: pathlib.Path, step: int) -> pathlib.Path:
   return target
 
 
+def make_init_state(task: task_lib.Task, mesh: jax.sharding.Mesh):
+  """task.init_state jitted to a state replicated over `mesh`: (key, example per-process batch) -> state."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda key, batch: _strong(task.init_state(key, batch)), out_shardings=replicated)
+
+
 def _restore_or_init(task, config, manager, iterator, mesh, init_key):
   """Returns (state, start_step, recovery): restored from the newest readable checkpoint, or freshly initialised;
   `recovery` describes the unreadable newer steps that were skipped (None when there were none)."""
@@ -205,7 +216,7 @@ def _restore_or_init(task, config, manager, iterator, mesh, init_key):
   saved_iterator_state = iterator.get_state()
   example = jax.tree.map(lambda x: np.zeros_like(np.asarray(x)), next(iterator))
   iterator.set_state(saved_iterator_state)
-  init = jax.jit(lambda key, batch: _strong(task.init_state(key, batch)), out_shardings=replicated)
+  init = make_init_state(task, mesh)
   steps = list(manager.all_steps())
   if not steps:
     return init(init_key, example), 0, None

@@ -7,7 +7,9 @@ import jax
 from absl import flags
 import pytest
 
-# Must happen before any JAX computation creates the CPU backend.
+# Must happen before any JAX computation creates the CPU backend. The tests' device counts and tolerances are the
+# CPU's, so they stay on it even on a host with an accelerator (or libtpu installed).
+jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 8)
 # grain workers and absl-based modules read flags; pytest never parses them.
 flags.FLAGS.mark_as_parsed()

@@ -171,6 +171,17 @@ def test_worker_processes_do_not_change_the_batches():
     iterator.close()
 
 
+def test_decoded_cache_does_not_change_the_batches():
+  # Scenes smaller than the crop, so the cache also holds the upscaled pairs; 8 batches cross into a second epoch.
+  config = _synthetic_config(crop_size=40)
+  plain = _take(fusion_data.make_train_dataset(config, seed=4, batch_size=2), 8)
+  config.cache_decoded = True
+  cached = _take(fusion_data.make_train_dataset(config, seed=4, batch_size=2), 8)
+  for want, got in zip(plain, cached):
+    np.testing.assert_array_equal(got['vis'], want['vis'])
+    np.testing.assert_array_equal(got['ir'], want['ir'])
+
+
 def test_crop_flip_transpose_are_shared_by_both_images(tmp_path):
   rng = np.random.default_rng(0)
   pairs = _complementary_pairs(rng, 3, (40, 52))

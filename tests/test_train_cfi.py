@@ -91,7 +91,7 @@ def test_sharded_step_matches_single_device():
   for path, value in one["params"].items():
     if path[-1] != "bias" or path[-2] == "bn":
       off = ~np.isclose(value, eight["params"][path], rtol=1e-6, atol=1e-6)
-      assert off.mean() <= 0.01, f"{path}: {off.sum()} of {off.size} entries differ"
+      assert off.sum() <= max(2, 0.01 * off.size), f"{path}: {off.sum()} of {off.size} entries differ"
       assert np.abs(value - eight["params"][path])[off].max(initial=0) <= 2 * learning_rate, str(path)
 
 

@@ -1,4 +1,5 @@
 """ISFuse/CFI as a training task (launch/task.py): cfi_jax's train step on input_pipeline's fusion datasets."""
+import functools
 import pathlib
 from typing import Any
 
@@ -36,8 +37,9 @@ class CFITask(task_lib.Task):
   """
 
   name = "isfuse"
-  # Looped or vmapped views compute the same step (cfi_jax/train.py), so a run may switch between them.
-  resumable_fields = frozenset({"view_batching"})
+  # Looped, vmapped or recomputed views compute the same step (cfi_jax/train.py), and cached pairs are the same
+  # pairs, so a run may switch between them.
+  resumable_fields = frozenset({"view_batching", "remat", "data.cache_decoded"})
   # Checkpoints written before running_stats existed fed every view into the running statistics.
   added_field_defaults = {"running_stats": "all_views"}
 
@@ -69,8 +71,12 @@ class CFITask(task_lib.Task):
     return cfi_train.create_train_state(key, self.model, tx, image_shape=(1, *example_batch["vis"].shape[1:]))
 
   def train_step(self, state, batch, key):
-    return cfi_train.train_step(state, batch, key, model=self.model, loss_config=self.loss_config,
-                                view_batching=self.config.view_batching, running_stats=self.config.running_stats)
+    return self.train_step_for(jax.default_backend())(state, batch, key)
+
+  def train_step_for(self, platform: str):
+    return functools.partial(cfi_train.train_step, model=self.model, loss_config=self.loss_config,
+                             view_batching=cfi_train.resolve_view_batching(self.config.view_batching, platform),
+                             running_stats=self.config.running_stats, remat=self.config.remat)
 
   def eval_pairs(self) -> list[dict[str, Any]]:
     """The held-out pairs used for evaluation, centre-cropped to a common size (loaded once)."""
