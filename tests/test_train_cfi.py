@@ -142,3 +142,12 @@ def test_sigkill_and_resume_is_bit_identical(smoke_run, repo_root, compile_cache
   _run(args[1:], repo_root, _env(compile_cache))
   resumed, straight = _model_variables(tmp_path), _model_variables(smoke_run)
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_demo_writes_eight_held_out_samples_of_at_least_192_pixels(tmp_path):
+  """The README fuses and scores the demo's held-out samples: enough of them, large enough to judge a fusion by."""
+  tasks.make_task(cfi_configs.get_config("demo")).write_samples(tmp_path)
+  for sub in ("ir", "vi"):
+    files = sorted((tmp_path / sub).glob("*.png"))
+    assert len(files) >= 8, sub
+    assert all(min(Image.open(f).size) >= 192 for f in files), sub
