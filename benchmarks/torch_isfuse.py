@@ -33,13 +33,16 @@ class Encoder(nn.Module):
 
 
 class CFI(nn.Module):
+  """The release's CFI; use_cfi=False is the project's no_cfi ablation (no attention or gate: G = 1, the refine
+  sees f_vi + f_ir), as cfi_jax.model.CFI."""
 
-  def __init__(self, dim: int, reduce: int = 8):
+  def __init__(self, dim: int, reduce: int = 8, use_cfi: bool = True):
     super().__init__()
-    self.reduce = reduce
-    for name in ("q_v", "k_v", "v_v", "q_i", "k_i", "v_i"):
-      setattr(self, name, nn.Conv2d(dim, dim, 1))
-    self.gate = nn.Sequential(*_conv_bn_lrelu(dim, dim // 2), nn.Conv2d(dim // 2, 1, 1), nn.Sigmoid())
+    self.reduce, self.use_cfi = reduce, use_cfi
+    if use_cfi:
+      for name in ("q_v", "k_v", "v_v", "q_i", "k_i", "v_i"):
+        setattr(self, name, nn.Conv2d(dim, dim, 1))
+      self.gate = nn.Sequential(*_conv_bn_lrelu(dim, dim // 2), nn.Conv2d(dim // 2, 1, 1), nn.Sigmoid())
     self.refine = nn.Sequential(*_conv_bn_lrelu(dim, dim))
 
   def _attend(self, q, k, v):
@@ -51,17 +54,20 @@ class CFI(nn.Module):
     return (attn @ v.transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w)
 
   def forward(self, f_vi, f_ir):
+    local = f_vi + f_ir
+    if not self.use_cfi:
+      return self.refine(local), torch.ones_like(local[:, :1])
     complementary = (self._attend(self.q_v(f_vi), self.k_i(f_ir), self.v_i(f_ir)) +
                      self._attend(self.q_i(f_ir), self.k_v(f_vi), self.v_v(f_vi)))
     gate = self.gate(complementary)
-    mixed = gate * complementary + (1 - gate) * (f_vi + f_ir)
+    mixed = gate * complementary + (1 - gate) * local
     return self.refine(mixed), gate
 
 
 class ISFuseTorch(nn.Module):
   """model(vis, ir) -> (fused, (x3, x4, x5), {'g3','g4','g5'}), NCHW, as the release."""
 
-  def __init__(self, dim: int = 32):
+  def __init__(self, dim: int = 32, use_cfi: bool = True):
     super().__init__()
     self.encoder_ir = Encoder(dim)
     self.encoder_vis = Encoder(dim)
@@ -72,7 +78,7 @@ class ISFuseTorch(nn.Module):
     self.adjust_channels4 = _double_conv(dim, dim)
     self.adjust_channels5 = _double_conv(dim, dim)
     self.final_decoder = nn.Sequential(nn.Conv2d(dim, 1, 3, padding=1))
-    self.cfi3, self.cfi4, self.cfi5 = CFI(dim), CFI(dim), CFI(dim)
+    self.cfi3, self.cfi4, self.cfi5 = (CFI(dim, use_cfi=use_cfi) for _ in range(3))
 
   def forward(self, vis, ir):
     v1, v2, v3 = self.encoder_vis(vis)
@@ -113,29 +119,59 @@ def _hole_mask(batch: int, height: int, width: int, generator: torch.Generator) 
   return mask
 
 
-def five_pass_loss(model: ISFuseTorch, vis, ir, generator: torch.Generator, alpha=0.1, beta=0.05, eta=0.3):
-  """The release's training loss: five sequential train-mode passes, L_f + alpha L_inv + beta L_nec."""
+def release_views(vis, ir, generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+  """The release's intervened inputs {view: (vis, ir)}: complementary holes (overlaps split by a per-pixel coin),
+  shared random holes, and the two modality dropouts."""
   n, _, h, w = vis.shape
-  fused, _, _ = model(vis, ir)
   m_vi, m_ir = _hole_mask(n, h, w, generator), _hole_mask(n, h, w, generator)
   both = (m_vi == 0) & (m_ir == 0)
   coin = torch.rand(m_vi.shape, generator=generator).round().bool()
   m_vi = torch.where(both & coin, torch.ones_like(m_vi), m_vi)
   m_ir = torch.where(both & ~coin, torch.ones_like(m_ir), m_ir)
-  fused_comp, _, gates_comp = model(vis * m_vi, ir * m_ir)
   m_r = _hole_mask(n, h, w, generator)
-  fused_rand, _, gates_rand = model(vis * m_r, ir * m_r)
-  fused_ir_only, _, _ = model(torch.zeros_like(vis), ir)
-  fused_vis_only, _, _ = model(vis, torch.zeros_like(ir))
+  return {"complementary": (vis * m_vi, ir * m_ir), "random": (vis * m_r, ir * m_r),
+          "vis_dropped": (torch.zeros_like(vis), ir), "ir_dropped": (vis, torch.zeros_like(ir))}
 
-  loss_f = (F.l1_loss(fused, vis) + F.l1_loss(fused, ir) +
-            F.l1_loss(_grad_magnitude(fused), torch.maximum(_grad_magnitude(vis), _grad_magnitude(ir))))
-  loss_inv = 0.0
-  for fused_d, gates_d in ((fused_comp, gates_comp), (fused_rand, gates_rand)):
-    gate = _mean_gate(gates_d, (h, w))
-    p = gate.clamp(1e-6, 1 - 1e-6)
-    entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
-    area = (gate.mean(dim=(1, 2, 3)) - eta).abs().mean()
-    loss_inv = loss_inv + 0.5 * (((fused_d - fused).abs() * gate).mean() + area - entropy)
-  loss_nec = F.l1_loss(fused, fused_ir_only) + F.l1_loss(fused, fused_vis_only)
-  return loss_f + alpha * loss_inv + beta * loss_nec
+
+def five_pass_terms(model: ISFuseTorch, vis, ir, views: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
+                    use_inv: bool = True, use_nec: bool = True, alpha=0.1, beta=0.05, eta=0.3
+                    ) -> dict[str, torch.Tensor]:
+  """The release's Train.py loss and its terms: sequential train-mode passes (clean first, then `views` in order),
+  L = L_f + alpha L_inv + beta L_nec.
+
+  CausalInvarianceLoss averages C_d + A_d - E_d over the masking views present ('complementary', 'random'; the
+  release always runs both); L_nec needs both dropout views. The ablations leave views or terms out; a view that
+  runs without its term still updates the BatchNorm running statistics, as in the release.
+  """
+  _, _, h, w = vis.shape
+  fused, _, _ = model(vis, ir)
+  outputs = {name: model(*inputs) for name, inputs in views.items()}
+  terms = {"loss_f_l1_vis": F.l1_loss(fused, vis), "loss_f_l1_ir": F.l1_loss(fused, ir),
+           "loss_f_grad": F.l1_loss(_grad_magnitude(fused),
+                                    torch.maximum(_grad_magnitude(vis), _grad_magnitude(ir)))}
+  terms["loss_f"] = terms["loss_f_l1_vis"] + terms["loss_f_l1_ir"] + terms["loss_f_grad"]
+  loss = terms["loss_f"]
+  masked = [outputs[name] for name in ("complementary", "random") if name in outputs]
+  if masked:
+    parts = {"consistency": 0.0, "area": 0.0, "entropy": 0.0}
+    for fused_d, _, gates_d in masked:
+      gate = _mean_gate(gates_d, (h, w))
+      p = gate.clamp(1e-6, 1 - 1e-6)
+      parts["consistency"] = parts["consistency"] + ((fused_d - fused).abs() * gate).mean() / len(masked)
+      parts["area"] = parts["area"] + (gate.mean(dim=(1, 2, 3)) - eta).abs().mean() / len(masked)
+      parts["entropy"] = parts["entropy"] - (p * p.log() + (1 - p) * (1 - p).log()).mean() / len(masked)
+    terms.update({f"loss_inv_{k}": v for k, v in parts.items()})
+    terms["loss_inv"] = parts["consistency"] + parts["area"] - parts["entropy"]
+    if use_inv:
+      loss = loss + alpha * terms["loss_inv"]
+  if "vis_dropped" in outputs:
+    terms["loss_nec"] = F.l1_loss(fused, outputs["vis_dropped"][0]) + F.l1_loss(fused, outputs["ir_dropped"][0])
+    if use_nec:
+      loss = loss + beta * terms["loss_nec"]
+  terms["loss"] = loss
+  return terms
+
+
+def five_pass_loss(model: ISFuseTorch, vis, ir, generator: torch.Generator, alpha=0.1, beta=0.05, eta=0.3):
+  """The release's training loss: five sequential train-mode passes, L_f + alpha L_inv + beta L_nec."""
+  return five_pass_terms(model, vis, ir, release_views(vis, ir, generator), alpha=alpha, beta=beta, eta=eta)["loss"]

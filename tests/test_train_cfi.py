@@ -177,3 +177,12 @@ def test_config_variants_combine_and_the_ablation_says_what_it_changes():
     cfi_configs.get_config("smoke,bogus")
   with pytest.raises(ValueError, match="need one or more of smoke, demo, paper"):
     cfi_configs.get_config("no_cfi")
+
+
+def test_demo_writes_eight_held_out_samples_of_at_least_192_pixels(tmp_path):
+  """The README fuses and scores the demo's held-out samples: enough of them, large enough to judge a fusion by."""
+  tasks.make_task(cfi_configs.get_config("demo")).write_samples(tmp_path)
+  for sub in ("ir", "vi"):
+    files = sorted((tmp_path / sub).glob("*.png"))
+    assert len(files) >= 8, sub
+    assert all(min(Image.open(f).size) >= 192 for f in files), sub
