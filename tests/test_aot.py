@@ -79,5 +79,6 @@ def test_smoke_steps_and_fusion_compile_for_a_tpu(repo_root):
   reports = json.loads(result.stdout.splitlines()[-1])
   for report in reports:
     assert report['fits'], report
-    assert 0 < report['temp_bytes'] < report['hbm_bytes'] and report['flops'] > 0, report
+    # A smoke program may need no scratch at all (temp 0); its arguments and FLOPs show the analysis was read.
+    assert report['argument_bytes'] > 0 and report['temp_bytes'] < report['hbm_bytes'] and report['flops'] > 0, report
     assert not report['xla_remat'], report

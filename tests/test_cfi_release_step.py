@@ -118,7 +118,7 @@ def test_train_step_equals_the_release_step(twin, preset):
                                      nu=jax.tree.map(lambda g: (1 - 0.999) * g * g, g0_flax))
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'], opt_state=(adam_state,) + tuple(opt_state[1:]),
-                           tx=tx, apply_fn=model.apply)
+                           tx=tx)
   new_state, metrics = _jitted_step(loss_config, tuple(model_kwargs.items()))(state, batch, key)
 
   # The dropped-modality views feed a constant image to one encoder; its BatchNorms divide rounding-level

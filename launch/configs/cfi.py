@@ -40,7 +40,7 @@ def _data_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="synthetic", crop_size=256, threads=2, workers=0, num_eval=8, num_synthetic=1024, synthetic_size=320,
       synthetic_seed=0, data_dir="", ir_dir="", vis_dir="", eval_ir_dir="", eval_vis_dir="", skip_bad=False,
-      tfds_name="", tfds_data_dir="", train_split="train", eval_split="test"))
+      tfds_name="", tfds_data_dir="", train_split="train", eval_split="test", cache_decoded=False))
 
 
 def get_config(variants: str = "demo") -> ml_collections.ConfigDict:
