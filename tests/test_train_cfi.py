@@ -85,14 +85,18 @@ def test_sharded_step_matches_single_device():
   # BatchNorm parameters and statistics, and every loss term must agree.
   for name, value in one["metrics"].items():
     close(value, eight["metrics"][name], rtol=1e-5 if name == "grad_norm" else 1e-6, err_msg=name)
-  # A flipped max-pool tie (see above) moves a handful of kernel entries by at most one Adam step; which entries
-  # flip depends on the CPU's vector code, so a few are allowed per kernel, while a sharding bug moves most of them.
+  # Adam's first step is nearly lr * sign(g), so a gradient entry near zero whose rounding depends on the reduction
+  # order (a flipped max-pool tie, see above) moves by up to two steps; which entries flip varies with the CPU's
+  # vector code and thread split. So a few entries may differ, by at most 2 lr, while a sharding bug (a wrong or
+  # missing gradient reduction) flips the sign of a large share of them.
   learning_rate = config.optimizer.learning_rate
+  differing, total = 0, 0
   for path, value in one["params"].items():
     if path[-1] != "bias" or path[-2] == "bn":
       off = ~np.isclose(value, eight["params"][path], rtol=1e-6, atol=1e-6)
-      assert off.sum() <= max(2, 0.01 * off.size), f"{path}: {off.sum()} of {off.size} entries differ"
-      assert np.abs(value - eight["params"][path])[off].max(initial=0) <= 2 * learning_rate, str(path)
+      differing, total = differing + off.sum(), total + off.size
+      assert np.abs(value - eight["params"][path])[off].max(initial=0) <= 2 * learning_rate * (1 + 1e-3), str(path)
+  assert differing <= 0.01 * total, f"{differing} of {total} kernel and BatchNorm entries differ"
 
 
 @pytest.fixture(scope="module")
