@@ -13,6 +13,11 @@ ENV_VAR = 'CFI_DFC_JAX_CACHE'
 _OFF = ('off', '0', 'false', 'none')
 
 
+def user_cache_root() -> pathlib.Path:
+  """The user's cache folder: $XDG_CACHE_HOME, else ~/.cache."""
+  return pathlib.Path(os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache')
+
+
 def cache_dir() -> pathlib.Path | None:
   """The cache directory the environment asks for, or None when CFI_DFC_JAX_CACHE turns it off."""
   setting = os.environ.get(ENV_VAR, '').strip()
@@ -20,8 +25,7 @@ def cache_dir() -> pathlib.Path | None:
     return None
   if setting:
     return pathlib.Path(setting).expanduser()
-  base = os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
-  return pathlib.Path(base) / 'cfi_dfc_jax' / 'jax_cache'
+  return user_cache_root() / 'cfi_dfc_jax' / 'jax_cache'
 
 
 def enable() -> pathlib.Path | None:

@@ -23,6 +23,7 @@ from dfc_jax import train as dfc_train
 from input_pipeline import pose_data
 from input_pipeline import puppets
 from launch import checkpoints
+from launch import compile_cache
 from launch import task as task_lib
 
 
@@ -76,7 +77,7 @@ def regressor_cache_dir() -> pathlib.Path:
   (~/.cache/dfc_jax by default)."""
   if os.environ.get('DFC_REGRESSOR_CACHE'):
     return pathlib.Path(os.environ['DFC_REGRESSOR_CACHE'])
-  return pathlib.Path(os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache') / 'dfc_jax'
+  return compile_cache.user_cache_root() / 'dfc_jax'
 
 
 def fixed_joint_regressor(data_config: ml_collections.ConfigDict, num_steps: int,
