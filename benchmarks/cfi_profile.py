@@ -1,6 +1,6 @@
 """Where an ISFuse step spends its time: per-HLO-op wall time from a JAX profiler trace, grouped by layer.
 
-  python benchmarks/cfi_profile.py --mode=inference --height=480 --width=640 [--top=15]
+  python benchmarks/cfi_profile.py --mode=inference --height=480 --width=640 [--top=15]   (or --mode=bucketed)
   python benchmarks/cfi_profile.py --mode=train --batch=4 --height=256 --width=256 [--view_batching=loop]
 
 Runs the jitted function `repeats` times under `jax.profiler.trace` (Perfetto JSON, no extra packages), sums the
@@ -28,11 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from cfi_jax import losses  # pylint: disable=g-import-not-at-top
+from cfi_jax import bucketed  # pylint: disable=g-import-not-at-top
+from cfi_jax import losses
 from cfi_jax import model as model_lib
 from cfi_jax import train as train_lib
 
-_MODE = flags.DEFINE_enum("mode", "inference", ["inference", "train"], "What to profile.")
+_MODE = flags.DEFINE_enum("mode", "inference", ["inference", "bucketed", "train"],
+                          "What to profile: model.apply, the padded folder-fusion forward (cfi_jax/bucketed.py), "
+                          "or a train step.")
 _HEIGHT = flags.DEFINE_integer("height", 480, "Image height.")
 _WIDTH = flags.DEFINE_integer("width", 640, "Image width.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per batch.")
@@ -113,6 +116,11 @@ def build(mode: str, batch: int, height: int, width: int, view_batching: str):
   if mode == "inference":
     variables = model.init(jax.random.key(0), vis[:1, :64, :64], ir[:1, :64, :64], train=False)
     return jax.jit(lambda v, a, b: model.apply(v, a, b, train=False).fused), (variables, vis, ir)
+  if mode == "bucketed":
+    variables = model.init(jax.random.key(0), vis[:1, :64, :64], ir[:1, :64, :64], train=False)
+    sizes = np.full((batch, 2), (height, width), np.int32)
+    return (jax.jit(functools.partial(bucketed.forward, model)),
+            (bucketed.fold_batchnorm(variables), vis, ir, sizes))
   state = train_lib.create_train_state(jax.random.key(0), model, train_lib.make_optimizer(),
                                        image_shape=(1, height, width, 1))
   step = jax.jit(functools.partial(train_lib.train_step, model=model, loss_config=losses.LossConfig(),

@@ -100,11 +100,13 @@ def train_jax(seed: int, run_dir: pathlib.Path) -> pathlib.Path:
 
 
 def evaluate(checkpoint: pathlib.Path, test_dir: str, out_dir: pathlib.Path) -> dict[str, float]:
-  summary = out_dir / 'summary.json'
-  if not summary.exists():
+  summary_file = out_dir / 'summary.json'
+  if not summary_file.exists():
     _run(['-m', 'launch.evaluate', f'--checkpoint={checkpoint}', f'--ir_dir={test_dir}/ir',
           f'--vis_dir={test_dir}/vi', f'--output_dir={out_dir}', '--num_grid=2'])
-  report = json.loads(summary.read_text())['dialects']['tang2023']['summary']['checkpoint']
+  summary = json.loads(summary_file.read_text())
+  # The summary names the method after the checkpoint folder ('checkpoint' for the twin, 'checkpoints' for launch).
+  report = summary['dialects']['tang2023']['summary'][summary['method']]
   return {name: report[name]['mean'] for name in _METRICS.value}
 
 
