@@ -9,8 +9,9 @@ unpadded network's result (to float32 round-off).
 
 Inference only: BatchNorm is folded into the preceding convolution (running statistics, as in eval mode).
 """
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -42,6 +43,40 @@ def bucket_shape(height: int, width: int, multiple: int) -> tuple[int, int]:
   if multiple <= 0 or multiple % MIN_SIZE:
     raise ValueError(f'bucket multiple must be a positive multiple of {MIN_SIZE}, got {multiple}')
   return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def plan_buckets(sizes: Iterable[tuple[int, int]], multiple: int,
+                 bucket_cost: float) -> dict[tuple[int, int], tuple[int, int]]:
+  """A bucket shape for each (H, W) of a set of images, trading compiled programs against padded pixels.
+
+  Each distinct bucket shape costs `bucket_cost` pixels (one more compile, or cache load, weighed against fusing
+  that many more pixels), each image the pixels of its bucket. Starting from every size's own rounded-up shape,
+  the two buckets whose merge (into the larger height and the larger width of both) lowers the total cost most are
+  merged, until no merge lowers it: a folder of one size keeps its tight bucket, one of many similar sizes gets a
+  few buckets.
+  """
+  members = {}  # bucket -> the sizes of its images, one entry per image
+  for height, width in sizes:
+    members.setdefault(bucket_shape(height, width, multiple), []).append((height, width))
+
+  def cost(bucket, images):
+    return len(images) * bucket[0] * bucket[1] + (bucket_cost if images else 0)
+
+  while len(members) > 1:
+    best_saving, best = 0, None
+    for a, b in itertools.combinations(members, 2):
+      merged = (max(a[0], b[0]), max(a[1], b[1]))
+      third = [] if merged in (a, b) else members.get(merged, [])
+      saving = (cost(a, members[a]) + cost(b, members[b]) + cost(merged, third)
+                - cost(merged, members[a] + members[b] + third))
+      if saving > best_saving:
+        best_saving, best = saving, (a, b, merged)
+    if best is None:
+      break
+    a, b, merged = best
+    images = members.pop(a) + members.pop(b)
+    members[merged] = images + members.pop(merged, [])
+  return {size: bucket for bucket, images in members.items() for size in images}
 
 
 def _fold(conv: Mapping[str, Any], bn: Mapping[str, Any] | None, stats: Mapping[str, Any] | None) -> dict:

@@ -47,11 +47,16 @@ def fuse_luma(model: ISFuse, variables: Mapping[str, Any], vis_y: np.ndarray, ir
 
 _fuse_padded = jax.jit(bucketed.forward, static_argnums=0)
 
-DEFAULT_BUCKET_MULTIPLE = 64
+DEFAULT_BUCKET_MULTIPLE = 32
+# A bucket shape costs a compile (about 1.5 s for the full network on a 2-core CPU) or, with the persistent cache,
+# a trace and a cache load (about 0.5 s); a padded pixel costs about 2.5 us to fuse. So one more bucket is worth
+# about 250 000 pixels of padding, and a folder of many similar sizes gets a few buckets (see plan_buckets).
+DEFAULT_BUCKET_COST_PIXELS = 250_000
 
 
 class BucketedFuser:
-  """Fuses images of any size with one compiled program per bucket shape (sizes rounded up to `multiple`).
+  """Fuses images of any size with one compiled program per bucket shape (sizes rounded up to `multiple`, or to
+  the shapes plan() chose for a set of sizes).
 
   Exact: outputs equal fuse_luma's (unpadded, per-size compiled) to float32 round-off; see cfi_jax/bucketed.py.
   BatchNorm is folded once at construction (eval mode).
@@ -62,6 +67,15 @@ class BucketedFuser:
     self.model = model
     self.multiple = multiple
     self.folded = bucketed.fold_batchnorm(variables)
+    self._planned = {}  # (h, w) -> bucket shape, from plan()
+
+  def plan(self, sizes: Sequence[tuple[int, int]], bucket_cost: float = DEFAULT_BUCKET_COST_PIXELS) -> None:
+    """Chooses the bucket shapes for the image sizes about to be fused (fewer compiles, a little more padding);
+    sizes not planned get their own rounded-up shape."""
+    self._planned.update(bucketed.plan_buckets(sizes, self.multiple, bucket_cost))
+
+  def _bucket(self, height: int, width: int) -> tuple[int, int]:
+    return self._planned.get((height, width)) or bucketed.bucket_shape(height, width, self.multiple)
 
   def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
     """Fuses (vis_y, ir) pairs of float HxW images in [0,1] that share one bucket; returns float32 HxW outputs."""
@@ -71,7 +85,7 @@ class BucketedFuser:
         raise ValueError(f'expected two HxW images of the same shape, got vis {np.shape(vis_y)} and ir '
                          f'{np.shape(ir)}')
       bucketed.check_size(*np.shape(vis_y))
-    buckets = {bucketed.bucket_shape(h, w, self.multiple) for h, w in shapes}
+    buckets = {self._bucket(h, w) for h, w in shapes}
     if len(buckets) != 1:
       raise ValueError(f'pairs of sizes {shapes} fall into different buckets {sorted(buckets)}')
     height, width = buckets.pop()

@@ -9,7 +9,7 @@ import re
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from input_pipeline import errors
 
@@ -95,6 +95,20 @@ def read_image(path: PathLike) -> np.ndarray:
   if array.size == 0:
     raise ImageReadError(f'{path}: image is empty')
   return np.ascontiguousarray(array)
+
+
+def image_shape(path: PathLike) -> tuple[int, int] | None:
+  """(H, W) as read_image would return it, from the file's header (no decoding); None when it cannot be read
+  (read_image then says why)."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      # EXIF orientations 5-8 rotate by 90 degrees, which read_image applies.
+      if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+        width, height = height, width
+  except (OSError, UnidentifiedImageError):
+    return None
+  return height, width
 
 
 def to_unit_float(img: np.ndarray) -> np.ndarray:

@@ -99,13 +99,20 @@ def each_pair(pairs: Sequence[images.ImagePair], work: Callable[[images.ImagePai
     yield pair, result
 
 
+def _fused_shape(pair: images.ImagePair, resize_to: str | None) -> tuple[int, int] | None:
+  """(H, W) the network will see for a pair, from the headers (load_pair resizes to the IR unless told 'vis')."""
+  return images.image_shape(pair.vis_path if resize_to == 'vis' else pair.ir_path)
+
+
 def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_dir: str, out_dir: str,
                 resize_to: str | None, skip_bad: bool) -> list[tuple[str, str]]:
   """Fuses every pair of two folders into out_dir; returns the skipped (name, reason) when skip_bad is set."""
   pairs, skipped = list_pairs(ir_dir, vis_dir, skip_bad)
   out_dir = pathlib.Path(out_dir)
-  # One compiled program per bucket of sizes, so a folder of many sizes compiles a few times, not once per size.
+  # One compiled program per bucket of sizes, so a folder of many sizes compiles a few times, not once per size;
+  # the buckets are planned from the files' headers (unreadable ones fail, or are skipped, when they are loaded).
   fuser = inference.BucketedFuser(model, variables)
+  fuser.plan([shape for pair in pairs if (shape := _fused_shape(pair, resize_to))])
 
   def fuse(pair: images.ImagePair) -> None:
     _fuse_file(fuser, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)

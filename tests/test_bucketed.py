@@ -81,3 +81,33 @@ def test_too_small_images_are_refused_with_the_minimum(size):
     inference.BucketedFuser(model, variables).fuse(vis, ir)
   with pytest.raises(bucketed.ImageTooSmallError, match=message):
     inference.fuse_luma(model, variables, vis, ir)
+
+
+def test_plan_keeps_tight_buckets_when_a_bucket_costs_nothing():
+  sizes = [(211, 447), (238, 501), (480, 640), (480, 640)]
+  assert bucketed.plan_buckets(sizes, 32, bucket_cost=0) == {
+      (211, 447): (224, 448), (238, 501): (256, 512), (480, 640): (480, 640)}
+
+
+def test_plan_merges_similar_sizes_and_covers_every_image():
+  sizes = [(211, 447), (238, 501), (248, 534), (266, 536), (286, 512), (302, 560), (576, 768)]
+  plan = bucketed.plan_buckets(sizes, 32, bucket_cost=250_000)
+  assert len(set(plan.values())) < len({bucketed.bucket_shape(h, w, 32) for h, w in sizes})
+  for (h, w), (bh, bw) in plan.items():
+    assert bh >= h and bw >= w and bh % 32 == 0 and bw % 32 == 0
+  # The large image is far from the others: padding them all to 576x768 would cost more than its own program.
+  assert plan[(576, 768)] == (576, 768) and plan[(211, 447)] != (576, 768)
+  # With programs very expensive, one bucket holds everything.
+  assert set(bucketed.plan_buckets(sizes, 32, bucket_cost=1e12).values()) == {(576, 768)}
+
+
+def test_planned_bucket_output_equals_unpadded_network():
+  variables = random_variables(ISFuse(features=8), seed=8)
+  pairs = [_pair((20, 12), 0), _pair((37, 53), 1)]
+  fuser = inference.BucketedFuser(ISFuse(features=8), variables)
+  fuser.plan([(20, 12), (37, 53)], bucket_cost=1e12)  # Both go into the 64x64 bucket.
+  batched = fuser.fuse_batch(pairs)  # Planned into one bucket, so they batch together.
+  for (vis, ir), out in zip(pairs, batched):
+    expected = np.asarray(_unpadded(variables, vis[None, :, :, None], ir[None, :, :, None])[0, :, :, 0])
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(fuser.fuse(vis, ir), expected, atol=1e-5, rtol=0)

@@ -142,3 +142,17 @@ def test_resize_image_works_per_channel():
   for c in range(3):
     np.testing.assert_array_equal(resized[..., c], images.resize_image(rgb[..., c], (4, 5)))
   np.testing.assert_allclose(images.resize_image(np.full((9, 12), 0.25, np.float32), (4, 5)), 0.25, atol=1e-6)
+
+
+def test_image_shape_from_the_header_matches_read_image(tmp_path):
+  rgb = np.zeros((6, 5, 3), np.uint8)
+  _write(tmp_path / 'plain.png', rgb)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotated 90 degrees: read_image returns 5 rows of 6.
+  Image.fromarray(rgb).save(tmp_path / 'rotated.jpg', exif=exif)
+  (tmp_path / 'broken.png').write_bytes(b'not an image')
+  for name in ('plain.png', 'rotated.jpg'):
+    assert images.image_shape(tmp_path / name) == images.read_image(tmp_path / name).shape[:2]
+  assert images.image_shape(tmp_path / 'rotated.jpg') == (5, 6)
+  assert images.image_shape(tmp_path / 'broken.png') is None
+  assert images.image_shape(tmp_path / 'missing.png') is None
