@@ -87,6 +87,10 @@ def _base_config() -> ml_collections.ConfigDict:
   # Which passes feed the BatchNorm running statistics that evaluation uses: "all_views" (the release: clean, masked
   # and modality-dropped) or "clean_view" (only the clean pass, the kind of input evaluation sees).
   config.running_stats = "all_views"
+  # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's "default" is one bfloat16 pass
+  # on TPUs and TF32 on recent NVIDIA GPUs, "highest" full float32; CPUs compute float32 either way. Fusion and
+  # evaluation always run at "highest" (cfi_jax/inference.py).
+  config.matmul_precision = "default"
   return config
 
 
@@ -135,5 +139,9 @@ def _apply_size_variant(config: ml_collections.ConfigDict, variant: str) -> None
     config.eval_every = config.checkpoint_every
     config.log_every = 10
     config.remat = "views"
+    # The step the release comparison validates is float32 (tests/test_cfi_release_step.py; the modality-dropped
+    # views' BatchNorms amplify rounding), and by aot_report's roofline estimate it is memory-bound on every target
+    # even with six bfloat16 passes (TPU) or without tensor cores (H100), so full float32 costs little there.
+    config.matmul_precision = "highest"
     # 180 small pairs: decode each once (benchmarks/input_pipeline_speed.py).
     config.data.cache_decoded = True
