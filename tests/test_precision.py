@@ -83,8 +83,8 @@ def test_train_step_precision_changes_nothing_on_cpu():
   jax.tree.map(np.testing.assert_array_equal, *results)
 
 
-def test_paper_config_trains_at_highest_and_unknown_precision_is_refused(tmp_path):
-  assert cfi_configs.get_config('paper').matmul_precision == 'highest'
+def test_paper_config_trains_at_high_and_unknown_precision_is_refused(tmp_path):
+  assert cfi_configs.get_config('paper').matmul_precision == 'high'
   assert cfi_configs.get_config('demo').matmul_precision == 'default'
   config = linear_task.get_config(matmul_precision='fast')
   with pytest.raises(errors.ConfigError, match=r"config.matmul_precision is 'fast'; use one of default, high"):

@@ -139,9 +139,9 @@ def _apply_size_variant(config: ml_collections.ConfigDict, variant: str) -> None
     config.eval_every = config.checkpoint_every
     config.log_every = 10
     config.remat = "views"
-    # The step the release comparison validates is float32 (tests/test_cfi_release_step.py; the modality-dropped
-    # views' BatchNorms amplify rounding), and by aot_report's roofline estimate it is memory-bound on every target
-    # even with six bfloat16 passes (TPU) or without tensor cores (H100), so full float32 costs little there.
-    config.matmul_precision = "highest"
+    # At least the precision the release most likely trained at (PyTorch's default TF32 convolutions on its RTX
+    # 4090): TF32 on NVIDIA GPUs, three bfloat16 passes on TPUs, not the default's one (the modality-dropped views'
+    # BatchNorms amplify rounding). By aot_report's roofline estimate the step stays memory-bound at three passes.
+    config.matmul_precision = "high"
     # 180 small pairs: decode each once (benchmarks/input_pipeline_speed.py).
     config.data.cache_decoded = True
