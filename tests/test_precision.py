@@ -18,7 +18,6 @@ from dfc_jax import model as dfc_model
 from dfc_jax import train as dfc_train
 from input_pipeline import errors
 from launch import trainer
-from launch.configs import cfi as cfi_configs
 from isfuse_test_utils import random_variables
 import linear_task
 
@@ -83,9 +82,7 @@ def test_train_step_precision_changes_nothing_on_cpu():
   jax.tree.map(np.testing.assert_array_equal, *results)
 
 
-def test_paper_config_trains_at_high_and_unknown_precision_is_refused(tmp_path):
-  assert cfi_configs.get_config('paper').matmul_precision == 'high'
-  assert cfi_configs.get_config('demo').matmul_precision == 'default'
+def test_unknown_precision_is_refused(tmp_path):
   config = linear_task.get_config(matmul_precision='fast')
   with pytest.raises(errors.ConfigError, match=r"config.matmul_precision is 'fast'; use one of default, high"):
     trainer.train_and_evaluate(config, tmp_path, task=linear_task.LinearTask(config))

@@ -88,8 +88,11 @@ def _base_config() -> ml_collections.ConfigDict:
   # and modality-dropped) or "clean_view" (only the clean pass, the kind of input evaluation sees).
   config.running_stats = "all_views"
   # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's "default" is one bfloat16 pass
-  # on TPUs and TF32 on recent NVIDIA GPUs, "highest" full float32; CPUs compute float32 either way. Fusion and
-  # evaluation always run at "highest" (cfi_jax/inference.py).
+  # on TPUs and TF32 on recent NVIDIA GPUs (what the release most likely trained its convolutions at: PyTorch's
+  # default on its RTX 4090), "high" three bfloat16 passes on TPUs, "highest" full float32; CPUs compute float32
+  # whatever the value. More passes cost a TPU bytes, and the step is memory-bound: a smoke fusion program at
+  # "highest" accessed 1.35x the bytes and compiled 5x slower. Fusion and evaluation always run at "highest"
+  # (cfi_jax/inference.py).
   config.matmul_precision = "default"
   return config
 
@@ -139,9 +142,5 @@ def _apply_size_variant(config: ml_collections.ConfigDict, variant: str) -> None
     config.eval_every = config.checkpoint_every
     config.log_every = 10
     config.remat = "views"
-    # At least the precision the release most likely trained at (PyTorch's default TF32 convolutions on its RTX
-    # 4090): TF32 on NVIDIA GPUs, three bfloat16 passes on TPUs, not the default's one (the modality-dropped views'
-    # BatchNorms amplify rounding). By aot_report's roofline estimate the step stays memory-bound at three passes.
-    config.matmul_precision = "high"
     # 180 small pairs: decode each once (benchmarks/input_pipeline_speed.py).
     config.data.cache_decoded = True
