@@ -17,8 +17,11 @@ Per device it prints (and writes to --out_json) temp / argument / output bytes (
 bytes accessed (XLA's cost analysis; GPU compiles give none, so those come from a TPU compile of the same program),
 the chip's HBM, whether XLA rematerialised on its own to fit (libtpu's log), and a roofline ESTIMATE
 max(flops / peak, bytes / bandwidth) from the chip's published peak and bandwidth (`TARGETS`, with sources). The
-estimate is a lower bound: it assumes every flop at the matrix units' peak and every byte at full bandwidth. A
-program that does not fit the chip is reported (fits: false, with XLA's message), not raised.
+peak is that of the program's arithmetic: the model's dtype (`--config.model.dtype=bfloat16` compiles the bfloat16
+option) and, for float32, the matmul precision (the train step's config.matmul_precision; fusion always runs at
+'highest'), since a TPU computes a float32 product as 1, 3 or 6 bfloat16 passes and an H100 as TF32 or plain FP32.
+The estimate is a lower bound: it assumes every flop at that peak and every byte at full bandwidth. A program that
+does not fit the chip is reported (fits: false, with XLA's message), not raised.
 """
 import dataclasses
 import glob
@@ -60,25 +63,38 @@ class Target:
   platform: str  # 'tpu' | 'cuda'
   hbm_bytes: float
   peak_bf16: float  # dense FLOP/s
-  peak_f32: float  # dense FLOP/s of float32 matmuls at XLA's default precision (TPU: one bf16 pass; H100: TF32)
+  peak_f32: dict  # dense FLOP/s of float32 matmuls per matmul precision ('default', 'high', 'highest')
   bandwidth: float  # HBM bytes/s
   source: str
   topology: str = ''  # TPU topology family, e.g. 'v5e'
 
 
+
+
+def _tpu_f32(peak_bf16: float) -> dict:
+  # XLA on TPU: a float32 product is one bfloat16 pass at DEFAULT, three at HIGH (bf16_3x), six at HIGHEST.
+  return {'default': peak_bf16, 'high': peak_bf16 / 3, 'highest': peak_bf16 / 6}
+
+
 TARGETS = {
     # 16 GiB HBM2e, 819 GB/s, 197 TFLOP/s bf16.
-    'tpu-v5e': Target('tpu', 16 * GIB, 197e12, 197e12, 819e9, 'https://cloud.google.com/tpu/docs/v5e', 'v5e'),
+    'tpu-v5e': Target('tpu', 16 * GIB, 197e12, _tpu_f32(197e12), 819e9, 'https://cloud.google.com/tpu/docs/v5e',
+                      'v5e'),
     # 32 GiB HBM2, 1200 GB/s, 275 TFLOP/s bf16 (one megacore chip).
-    'tpu-v4': Target('tpu', 32 * GIB, 275e12, 275e12, 1200e9, 'https://cloud.google.com/tpu/docs/v4', 'v4'),
+    'tpu-v4': Target('tpu', 32 * GIB, 275e12, _tpu_f32(275e12), 1200e9, 'https://cloud.google.com/tpu/docs/v4', 'v4'),
     # 95 GiB HBM2e, 2765 GB/s, 459 TFLOP/s bf16.
-    'tpu-v5p': Target('tpu', 95 * GIB, 459e12, 459e12, 2765e9, 'https://cloud.google.com/tpu/docs/v5p', 'v5p'),
+    'tpu-v5p': Target('tpu', 95 * GIB, 459e12, _tpu_f32(459e12), 2765e9, 'https://cloud.google.com/tpu/docs/v5p',
+                      'v5p'),
     # 32 GiB HBM, 1640 GB/s, 918 TFLOP/s bf16 (Trillium).
-    'tpu-v6e': Target('tpu', 32 * GIB, 918e12, 918e12, 1640e9, 'https://cloud.google.com/tpu/docs/v6e', 'v6e'),
-    # H100 SXM5: 80 GB HBM3, 3.35 TB/s, 989 TFLOP/s bf16 and 495 TFLOP/s TF32 dense (half the sparsity figures).
-    'gpu-h100': Target('cuda', 80e9, 989e12, 495e12, 3.35e12,
+    'tpu-v6e': Target('tpu', 32 * GIB, 918e12, _tpu_f32(918e12), 1640e9, 'https://cloud.google.com/tpu/docs/v6e',
+                      'v6e'),
+    # H100 SXM5: 80 GB HBM3, 3.35 TB/s, 989 TFLOP/s bf16 and 495 TFLOP/s TF32 dense (half the sparsity figures), 67
+    # TFLOP/s FP32 (no tensor cores: XLA's HIGHEST).
+    'gpu-h100': Target('cuda', 80e9, 989e12, {'default': 495e12, 'high': 495e12, 'highest': 67e12}, 3.35e12,
                        'https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM datasheet)'),
 }
+# jax's other names of the same precisions.
+_PRECISION_ALIASES = {'bfloat16': 'default', 'tensorfloat32': 'high', 'float32': 'highest'}
 # Single-host topology names per device count; v4 chips compile as one megacore device each.
 _TPU_TOPOLOGIES = {'v5e': {1: '1x1', 4: '2x2', 8: '2x4'}, 'v6e': {1: '1x1', 4: '2x2', 8: '2x4'},
                    'v4': {1: '1x1x1', 4: '2x2x1', 8: '2x2x2'}, 'v5p': {1: '1x1x1', 4: '2x2x1', 8: '2x2x2'}}
@@ -150,8 +166,8 @@ def lower_train_step(config, devices):
   data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(trainer.DATA_AXIS))
   key = jax.ShapeDtypeStruct((2,), jnp.uint32)  # jax.random.PRNGKey's raw key, as train_and_evaluate makes it
   state = _with_sharding(jax.eval_shape(trainer.make_init_state(task, mesh), key, batch_spec(config)), replicated)
-  return trainer.make_train_step(task, mesh).lower(state, _with_sharding(batch_spec(config), data),
-                                                   _with_sharding(key, replicated))
+  return trainer.make_train_step(task, mesh, config.matmul_precision).lower(
+      state, _with_sharding(batch_spec(config), data), _with_sharding(key, replicated))
 
 
 def lower_fuse(config, devices, height: int, width: int):
@@ -213,12 +229,20 @@ def compile_report(lowered, target_name: str) -> dict:
   return report
 
 
-def add_roofline(report: dict, dtype: str) -> dict:
+def matmul_peak(target_name: str, dtype: str, matmul_precision: str) -> float:
+  """Published dense FLOP/s of the target's products in `dtype` ('float32' | 'bfloat16') at `matmul_precision`."""
+  target = TARGETS[target_name]
+  if dtype == 'bfloat16':
+    return target.peak_bf16
+  return target.peak_f32[_PRECISION_ALIASES.get(matmul_precision, matmul_precision)]
+
+
+def add_roofline(report: dict, dtype: str, matmul_precision: str = 'default') -> dict:
   """Adds the roofline ESTIMATE (seconds, steps/s) of a compiled program from the target's published figures."""
   target = TARGETS[report['target']]
   if not report.get('fits') or report.get('flops') is None:
     return report
-  peak = target.peak_bf16 if dtype == 'bfloat16' else target.peak_f32
+  peak = matmul_peak(report['target'], dtype, matmul_precision)
   compute, memory = report['flops'] / peak, report['bytes_accessed'] / target.bandwidth
   report.update(estimate_compute_seconds=compute, estimate_memory_seconds=memory,
                 estimate_seconds=max(compute, memory), estimate_bound='memory' if memory > compute else 'compute',
@@ -228,7 +252,8 @@ def add_roofline(report: dict, dtype: str) -> dict:
 
 def describe(report: dict) -> str:
   """One human-readable block of a report."""
-  head = f"{report['program']} {report['config']} on {report['target']} x{report['num_devices']}"
+  head = (f"{report['program']} {report['config']} ({report['dtype']}, matmul precision "
+          f"{report['matmul_precision']}) on {report['target']} x{report['num_devices']}")
   if not report['fits']:
     return f"{head}: DOES NOT FIT ({report['hbm_bytes'] / GIB:.2f} GiB HBM): {report['error']}"
   gb = lambda b: f'{b / GIB:.2f} GiB'  # noqa: E731
@@ -254,10 +279,12 @@ def run(config, target: str, program: str = 'train', num_devices: int = 1, fuse_
   lowered = lower_train_step(config, devices) if program == 'train' else lower_fuse(config, devices, *fuse_size)
   report = compile_report(lowered, target)
   report.update(program=program, config=config_name, num_devices=num_devices,
-                dtype=config.model.get('dtype', 'float32'), batch_size=config.batch_size if program == 'train' else 1)
+                dtype=config.model.get('dtype', 'float32'), batch_size=config.batch_size if program == 'train' else 1,
+                # Fusion runs at 'highest' whatever the config (cfi_jax/inference.py).
+                matmul_precision=config.matmul_precision if program == 'train' else 'highest')
   if program == 'fuse':
     report['fuse_size'] = list(fuse_size)
-  return add_roofline(report, report['dtype'])
+  return add_roofline(report, report['dtype'], report['matmul_precision'])
 
 
 def _parse_size(text: str) -> tuple[int, int]:

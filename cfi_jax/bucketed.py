@@ -7,7 +7,8 @@ at the true border), max-pooling floors odd sizes (scale s has the true size h >
 pooling and the decoder's bilinear upsampling use weights built for the true sizes. Cropping the output gives the
 unpadded network's result (to float32 round-off).
 
-Inference only: BatchNorm is folded into the preceding convolution (running statistics, as in eval mode).
+Inference only: BatchNorm is folded into the preceding convolution (running statistics, as in eval mode), and the
+convolutions and matmuls run at full float32 ('highest'), as cfi_jax/inference.py explains.
 """
 import itertools
 import math
@@ -133,6 +134,11 @@ def forward(model: model_lib.ISFuse, folded: Mapping[str, Any], vis: jax.Array, 
 
   H and W must be multiples of 2**NUM_POOLS. Values outside each true extent are meaningless (crop them).
   """
+  with jax.default_matmul_precision('highest'):
+    return _forward(model, folded, vis, ir, sizes)
+
+
+def _forward(model, folded, vis, ir, sizes):
   dtype = model.dtype
   padded = vis.shape[1:3]
   scales = [_Scale(sizes, level, (padded[0] >> level, padded[1] >> level), dtype) for level in range(NUM_POOLS + 1)]

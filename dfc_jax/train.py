@@ -223,11 +223,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
 
 
 def transfer(g_params, source: jax.Array, target: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:
-  """Target's appearance in the source's pose; [0, 1] images in and out."""
-  output = generator.apply({'params': g_params}, to_model_range(source), to_model_range(target))
+  """Target's appearance in the source's pose; [0, 1] images in and out.
+
+  Inference (transfer and evaluation) runs its convolutions and matmuls at full float32 on every platform, not at
+  jax's default (bfloat16 passes on TPUs, TF32 on GPUs), so that outputs and metric tables do not depend on it.
+  """
+  with jax.default_matmul_precision('highest'):
+    output = generator.apply({'params': g_params}, to_model_range(source), to_model_range(target))
   return to_unit_range(output)
 
 
 def keypoints(g_params, images: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:
-  """The pose encoder's keypoints [N,K,2] in [-1, 1] of [0, 1] images."""
-  return generator.apply({'params': g_params}, to_model_range(images), method=model_lib.DFCNet.encode_pose).keypoints
+  """The pose encoder's keypoints [N,K,2] in [-1, 1] of [0, 1] images (at full float32, as transfer)."""
+  with jax.default_matmul_precision('highest'):
+    return generator.apply({'params': g_params}, to_model_range(images),
+                           method=model_lib.DFCNet.encode_pose).keypoints

@@ -7,6 +7,14 @@ Config fields read here (every task config has them; the rest of the config belo
   batch_size: global batch; must divide by the device count and by the process count.
   log_every, eval_every, checkpoint_every: intervals in steps (eval_every <= 0 disables evaluation).
   keep_checkpoints: how many of the newest checkpoints to keep.
+  matmul_precision: precision of the train step's float32 convolutions and matmuls (MATMUL_PRECISIONS, jax's names):
+    'default' is one bfloat16 pass on TPUs and TF32 on NVIDIA GPUs since Ampere, 'high' three bfloat16 passes on
+    TPUs (TF32 on GPUs), 'highest' full float32. CPUs compute float32 whatever the value, so it changes nothing there.
+
+Throughput: the batches of the next PREFETCH_BATCHES steps are sharded onto the devices while the current step runs,
+and the step metrics stay on the devices, summed over each log interval, until one transfer at the log, checkpoint or
+evaluation step. So the host never waits for a step to finish between those. A non-finite loss is therefore noticed
+at the end of its interval (at most log_every steps late), still before any checkpoint after it is written.
 
 Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'config', read by launch/checkpoints.py),
 metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
@@ -21,6 +29,7 @@ checkpoint predates counts as the task's `added_field_defaults` value); any othe
 batch size, seed, ...) is refused, as is a different process count (the data iterator's state is saved per
 process). The device count may change.
 """
+import collections
 import json
 import pathlib
 import time
@@ -49,8 +58,14 @@ from launch import tasks
 # These only say how long to train and how often to log, evaluate and checkpoint, so a checkpoint written with other
 # values resumes (e.g. to train longer). A task whose schedule depends on num_steps (DFC-Net's learning-rate decay)
 # continues on the schedule of the new length.
-RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"})
+# matmul_precision only changes how finely the hardware rounds, as a resume on other hardware (or another device
+# count) does.
+RESUMABLE_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                              "matmul_precision"})
 DATA_AXIS = "data"
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
+# Sharded batches kept on the devices ahead of the step being dispatched.
+PREFETCH_BATCHES = 2
 
 
 class NonFiniteError(errors.ProjectError, FloatingPointError):
@@ -125,6 +140,26 @@ def _strong(tree: Any) -> Any:
   return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), tree)
 
 
+def _add_step(window, metrics: dict[str, jax.Array], step: jax.Array):
+  """(metric sums, first step with a non-finite loss or 0) of a log interval, with one more step's metrics."""
+  sums, first_non_finite = window
+  first_non_finite = jnp.where((first_non_finite == 0) & ~jnp.isfinite(metrics["loss"]), step, first_non_finite)
+  return jax.tree.map(lambda s, m: s + m.astype(s.dtype), sums, metrics), first_non_finite
+
+
+_start_window = jax.jit(lambda metrics, step: _add_step(
+    (jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metrics), jnp.zeros((), jnp.int32)), metrics, step))
+_add_to_window = jax.jit(_add_step, donate_argnums=0)
+
+
+def prefetch_horizon(step: int, checkpoint_every: int, num_steps: int, depth: int = PREFETCH_BATCHES) -> int:
+  """The last step whose batch may be on the devices while `step` is dispatched: `depth` steps ahead, but never
+  past the next checkpoint, so that the data iterator state a checkpoint saves is exactly that of the batches
+  trained on (a prefetched batch beyond it would be skipped on resume)."""
+  next_checkpoint = min(-(-step // checkpoint_every) * checkpoint_every, num_steps)
+  return min(step + depth, next_checkpoint)
+
+
 class _Logs:
   """Process 0's JSONL log, TensorBoard writer and image grids (no-ops on other processes)."""
 
@@ -171,11 +206,12 @@ class _Logs:
       self.tb.close()
 
 
-def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh):
+def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh, matmul_precision: str = "default"):
   """task.train_step jitted for `mesh`: (state, global batch, base key) -> (state, metrics).
 
   The step's key is fold_in(base key, state.step), so it depends only on the step number (exact resume). The
-  state is donated: the caller must not reuse the state it passes in.
+  state is donated: the caller must not reuse the state it passes in. Its float32 convolutions and matmuls run at
+  `matmul_precision` (one of MATMUL_PRECISIONS; the config's matmul_precision field).
   """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
@@ -186,7 +222,8 @@ def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh):
   task_step = task.train_step_for(platform) if isinstance(task, task_lib.PlatformDependent) else task.train_step
 
   def step_fn(state, batch, key):
-    return task_step(state, batch, jax.random.fold_in(key, state.step))
+    with jax.default_matmul_precision(matmul_precision):
+      return task_step(state, batch, jax.random.fold_in(key, state.step))
 
   return jax.jit(step_fn, in_shardings=(replicated, data_sharding, replicated),
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -277,6 +314,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if config.batch_size % mesh.size or config.batch_size % process_count:
     raise errors.ConfigError(f"batch_size {config.batch_size} must divide by the {mesh.size} devices and "
                      f"{process_count} processes.")
+  if config.matmul_precision not in MATMUL_PRECISIONS:
+    raise errors.ConfigError(f"config.matmul_precision is {config.matmul_precision!r}; use one of "
+                             f"{', '.join(MATMUL_PRECISIONS)}.")
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
   init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -295,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if process_index == 0:
     task.write_samples(workdir / "samples")
 
-  train_step = make_train_step(task, mesh)
+  train_step = make_train_step(task, mesh, config.matmul_precision)
 
   def last_good() -> str:
     latest = manager.latest_step()
@@ -317,43 +357,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       logs.write(step, "eval", {k: float(v) for k, v in metrics.items()}, grid)
       logging.info("eval step %d: %s", step, metrics)
 
-  sums: dict[str, float] = {}
+  window = None  # On the devices: (metric sums, first non-finite step) since window_start.
   window_start = (start_step, time.perf_counter())
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True,
                   disable=process_index != 0)
 
-  def record(step: int, metrics: dict[str, jax.Array]) -> None:
-    """Host-side bookkeeping for the state after `step` steps; stops on a non-finite loss."""
-    nonlocal window_start
-    values = {k: float(v) for k, v in local_copy(metrics).items()}
-    if not np.isfinite(values["loss"]):
-      raise NonFiniteError(f"Loss is {values['loss']} at step {step}; stopping. {last_good()}")
-    for k, v in values.items():
-      sums[k] = sums.get(k, 0.0) + v
-    bar.update(1)
-    if step % config.log_every == 0 or step == config.num_steps:
-      first, started = window_start
-      mean = {k: v / (step - first) for k, v in sums.items()}
-      mean["steps_per_sec"] = (step - first) / (time.perf_counter() - started)
-      logs.write(step, "train", mean)
-      bar.set_postfix(loss=f"{mean['loss']:.4g}")
-      sums.clear()
-      window_start = (step, time.perf_counter())
+  def check(step: int, log: bool) -> None:
+    """One transfer of the interval's metrics after `step` steps: stops on a non-finite loss; logs their means."""
+    nonlocal window, window_start
+    sums, first_non_finite = jax.device_get(local_copy(window))
+    if first_non_finite:
+      raise NonFiniteError(f"Loss is not finite (NaN/Inf) at step {first_non_finite}, seen after step {step}; "
+                           f"stopping. {last_good()}")
+    if not log:
+      return
+    first, started = window_start
+    mean = {k: float(v) / (step - first) for k, v in sums.items()}
+    mean["steps_per_sec"] = (step - first) / (time.perf_counter() - started)
+    logs.write(step, "train", mean)
+    bar.set_postfix(loss=f"{mean['loss']:.4g}")
+    window, window_start = None, (step, time.perf_counter())
 
   try:
-    pending = None
+    ahead, loaded = collections.deque(), start_step  # Sharded batches of steps loaded - len(ahead) + 1 .. loaded.
     for step in range(start_step + 1, config.num_steps + 1):
-      batch = shard_batch(next(iterator), data_sharding)
-      state, metrics = train_step(state, batch, train_key)
-      # Fetching the previous step's metrics after dispatching this one keeps the device busy meanwhile.
-      if pending is not None:
-        record(*pending)
-      pending = (step, metrics)
+      while loaded < prefetch_horizon(step, config.checkpoint_every, config.num_steps):
+        ahead.append(shard_batch(next(iterator), data_sharding))
+        loaded += 1
+      state, metrics = train_step(state, ahead.popleft(), train_key)
+      window = _start_window(metrics, state.step) if window is None else _add_to_window(window, metrics, state.step)
+      bar.update(1)
+      log_now = step % config.log_every == 0 or step == config.num_steps
       checkpoint_now = step % config.checkpoint_every == 0 or step == config.num_steps
       evaluate_now = config.eval_every > 0 and (step % config.eval_every == 0 or step == config.num_steps)
-      if checkpoint_now or evaluate_now:
-        record(*pending)
-        pending = None
+      if log_now or checkpoint_now or evaluate_now:
+        check(step, log=log_now)
       if checkpoint_now:
         save(step)
       if evaluate_now:

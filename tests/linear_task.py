@@ -85,7 +85,8 @@ class OtherTask(LinearTask):
 def get_config(**overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
       task="linear", seed=3, num_steps=4, batch_size=8, log_every=2, eval_every=2, checkpoint_every=1,
-      keep_checkpoints=10, learning_rate=0.1, nan_at_step=0, nan_target="loss"))
+      keep_checkpoints=10, matmul_precision="default", learning_rate=0.1, nan_at_step=0,
+      nan_target="loss"))
   config.update(overrides)
   return config
 

@@ -45,16 +45,36 @@ def test_cfi_auto_view_batching_follows_the_platform(platform, expected):
   assert tasks.make_task(config).train_step_for(platform).keywords['view_batching'] == expected
 
 
-def test_batch_spec_matches_the_training_pipelines(repo_root):
+@pytest.fixture(name='aot_report')
+def _aot_report(repo_root):
   sys.path.insert(0, str(repo_root / 'benchmarks'))
   try:
     import aot_report  # pylint: disable=g-import-not-at-top
   finally:
     sys.path.pop(0)
+  return aot_report
+
+
+def test_batch_spec_matches_the_training_pipelines(aot_report):
   for config in (cfi_configs.get_config('smoke'), dfc_configs.get_config('smoke')):
     batch = next(iter(tasks.make_task(config).train_dataset(seed=0, process_index=0, process_count=1)))
     spec = aot_report.batch_spec(config)
     assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {k: (v.shape, v.dtype) for k, v in batch.items()}
+
+
+def test_roofline_peak_follows_dtype_and_matmul_precision(aot_report):
+  compute_seconds = lambda target, dtype, precision: aot_report.add_roofline(
+      {'target': target, 'fits': True, 'flops': 1e15, 'bytes_accessed': 0.0}, dtype, precision
+  )['estimate_compute_seconds']
+  v5e = aot_report.TARGETS['tpu-v5e'].peak_bf16
+  # A TPU computes a float32 product as 1 (default), 3 (high) or 6 (highest) bfloat16 passes; bfloat16 as one.
+  assert compute_seconds('tpu-v5e', 'float32', 'default') == pytest.approx(1e15 / v5e)
+  assert compute_seconds('tpu-v5e', 'float32', 'tensorfloat32') == pytest.approx(3e15 / v5e)
+  assert compute_seconds('tpu-v5e', 'float32', 'highest') == pytest.approx(6e15 / v5e)
+  assert compute_seconds('tpu-v5e', 'bfloat16', 'highest') == pytest.approx(1e15 / v5e)
+  # An H100 runs float32 on TF32 tensor cores unless 'highest' (plain FP32, 67 TFLOP/s).
+  assert compute_seconds('gpu-h100', 'float32', 'high') == compute_seconds('gpu-h100', 'float32', 'default')
+  assert compute_seconds('gpu-h100', 'float32', 'highest') == pytest.approx(1e15 / 67e12)
 
 
 # One process compiles all three (libtpu starts once); JAX_PLATFORMS=cpu so that no TPU is opened.

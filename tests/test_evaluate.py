@@ -3,6 +3,8 @@ checkpoint, bad input."""
 import csv
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -197,3 +199,41 @@ def test_summary_and_grid_helpers():
   np.testing.assert_array_equal(grid[3:, 1:], grids.GAP_VALUE)  # Padding of the short row.
   with pytest.raises(ValueError, match='HxW, HxWx1 or HxWx3'):
     grids.make_grid([[np.zeros((2, 2, 2))]])
+
+
+# Scores a fused folder in a process whose only JAX platform is absent here, then checks that JAX indeed has none.
+_SCORE_WITHOUT_A_BACKEND = '''
+import sys
+from launch import fusion_eval
+fusion_eval.evaluate_folders(sys.argv[1], sys.argv[2], sys.argv[3], ["tang2023"], fused_dir=sys.argv[4],
+                             baselines=True, num_grid=0)
+import jax
+try:
+  jax.devices()
+  print("a JAX backend is available")
+except (RuntimeError, AssertionError):  # jax 0.10 asserts when no listed platform loads.
+  print("no JAX backend")
+'''
+
+
+def test_float64_scoring_needs_no_jax_device(tiny_setup, tmp_path, monkeypatch, repo_root):
+  """The float64 metrics run with numpy on the host, so scoring works where JAX_PLATFORMS names only an
+  accelerator (a TPU or GPU runtime, or the Colab notebook's cell), with no CPU backend to fall back on."""
+  root, _ = tiny_setup
+  fused = tmp_path / 'fused'
+  fused.mkdir()
+  rng = np.random.default_rng(1)
+  for name in ('a', 'b'):
+    Image.fromarray(rng.integers(0, 256, SMALL, np.uint8)).save(fused / f'{name}.png')
+  _run(fused_dir=fused, ir_dir=root / 'ir', vis_dir=root / 'vis', output_dir=tmp_path / 'here', baselines=True,
+       num_grid=0)
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
+  monkeypatch.setenv('PYTHONPATH', str(repo_root))
+  result = subprocess.run([sys.executable, '-c', _SCORE_WITHOUT_A_BACKEND, str(root / 'ir'), str(root / 'vis'),
+                           str(tmp_path / 'there'), str(fused)], cwd=repo_root, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-5000:]
+  if 'no JAX backend' not in result.stdout:
+    pytest.skip('this host has a CUDA backend, so the run did not go without one')
+  assert (tmp_path / 'there' / 'metrics_tang2023.csv').read_text() == (tmp_path / 'here' / 'metrics_tang2023.csv'
+                                                                       ).read_text()

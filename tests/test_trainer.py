@@ -124,6 +124,60 @@ def test_non_finite_stops_and_keeps_last_good_checkpoint(tmp_path, target):
   assert np.all(np.isfinite(params["w"]))
 
 
+@pytest.mark.parametrize("nan_at_step, log_every, checkpoint_every, seen_after, last_good", [
+    (3, 4, 2, 4, 2),  # Seen at the checkpoint step 4 (inside a log interval), before saving it.
+    (5, 3, 4, 6, 4),  # Seen at the log step 6, two steps after the last checkpoint.
+])
+def test_non_finite_loss_is_seen_within_its_interval_before_any_later_checkpoint(
+    tmp_path, nan_at_step, log_every, checkpoint_every, seen_after, last_good):
+  with pytest.raises(trainer.NonFiniteError, match=rf"at step {nan_at_step}, seen after step {seen_after}; .*"
+                     rf"last good checkpoint \(step {last_good}\)"):
+    _train(tmp_path, num_steps=8, nan_at_step=nan_at_step, log_every=log_every, checkpoint_every=checkpoint_every,
+           eval_every=0)
+  assert ocp.CheckpointManager(tmp_path / "checkpoints").latest_step() == last_good
+
+
+def test_logged_train_metrics_are_the_means_of_their_steps(tmp_path):
+  read = lambda workdir: [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+                          if json.loads(line)["split"] == "train"]
+  _train(tmp_path / "every", num_steps=6, log_every=1)
+  _train(tmp_path / "three", num_steps=6, log_every=3)
+  every, three = read(tmp_path / "every"), read(tmp_path / "three")
+  assert [r["step"] for r in every] == list(range(1, 7)) and [r["step"] for r in three] == [3, 6]
+  for name in ("loss", "grad_norm"):
+    per_step = np.array([r[name] for r in every])
+    np.testing.assert_allclose([r[name] for r in three], [per_step[:3].mean(), per_step[3:].mean()], rtol=1e-6)
+
+
+def test_prefetch_runs_ahead_but_never_past_the_next_checkpoint():
+  assert [trainer.prefetch_horizon(step, 3, 7, depth=2) for step in range(1, 8)] == [3, 3, 3, 6, 6, 6, 7]
+  assert trainer.prefetch_horizon(10, 100, 1000) == 10 + trainer.PREFETCH_BATCHES
+
+
+class _Preempted(Exception):
+  pass
+
+
+class _PreemptedAtStep4(linear_task.LinearTask):
+  """Dies while evaluating step 4, when the batches up to step 6 have already been put on the devices."""
+
+  def evaluate(self, state, step):
+    if step == 4:
+      raise _Preempted()
+    return super().evaluate(state, step)
+
+
+def test_resume_after_dying_between_checkpoints_is_bit_identical(tmp_path):
+  # Checkpoint 3 must hold the data iterator's state after step 3's batch, not after the prefetched ones: those
+  # would otherwise be skipped on resume.
+  schedule = dict(num_steps=6, checkpoint_every=3, eval_every=1, log_every=3)
+  straight = _train(tmp_path / "straight", **schedule)
+  with pytest.raises(_Preempted):
+    _train(tmp_path / "split", task_cls=_PreemptedAtStep4, **schedule)
+  assert ocp.CheckpointManager(tmp_path / "split" / "checkpoints").all_steps() == [3]
+  _assert_trees_equal(straight, _train(tmp_path / "split", **schedule))
+
+
 def test_refuses_checkpoint_of_other_config_or_model(tmp_path):
   _train(tmp_path, num_steps=2)
   with pytest.raises(trainer.CheckpointMismatchError, match=r"learning_rate: checkpoint 0.1, now 0.2") as error:

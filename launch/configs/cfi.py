@@ -87,6 +87,13 @@ def _base_config() -> ml_collections.ConfigDict:
   # Which passes feed the BatchNorm running statistics that evaluation uses: "all_views" (the release: clean, masked
   # and modality-dropped) or "clean_view" (only the clean pass, the kind of input evaluation sees).
   config.running_stats = "all_views"
+  # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's "default" is one bfloat16 pass
+  # on TPUs and TF32 on recent NVIDIA GPUs (what the release most likely trained its convolutions at: PyTorch's
+  # default on its RTX 4090), "high" three bfloat16 passes on TPUs, "highest" full float32; CPUs compute float32
+  # whatever the value. More passes cost a TPU bytes, and the step is memory-bound: a smoke fusion program at
+  # "highest" accessed 1.35x the bytes and compiled 5x slower. Fusion and evaluation always run at "highest"
+  # (cfi_jax/inference.py).
+  config.matmul_precision = "default"
   return config
 
 

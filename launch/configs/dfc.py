@@ -86,6 +86,9 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
       # then cached; launch.tasks.dfc.fixed_joint_regressor).
       regressor_steps=800))
   config.keep_checkpoints = 3
+  # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's default, one bfloat16 pass on
+  # TPUs and TF32 on recent NVIDIA GPUs (float32 on CPUs). Evaluation and transfer always run at 'highest'.
+  config.matmul_precision = 'default'
 
   if variant == 'smoke':
     config.model.num_keypoints = 4
