@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from cfi_jax import interventions
 from cfi_jax import ops
 
+INTENSITY_TERMS = ('release', 'max')
 # The release clamps gates into [eps, 1 - eps] before the binary entropy.
 _ENTROPY_EPS = 1e-6
 
@@ -26,6 +27,10 @@ class LossConfig:
     alpha: weight of L_inv.
     beta: weight of L_nec.
     lambda_grad: weight of the Laplacian-gradient term of L_f.
+    intensity: L_f's intensity term. 'release': L1(F, vis) + L1(F, ir) (the release and the paper), which is flat for
+      any F between the two sources, so it does not say which one a pixel should follow; 'max': L1(F, max(vis, ir))
+      (the intensity loss of SeAFusion, Tang et al. 2022), which keeps the brighter source: warm targets at their IR
+      brightness, lit detail at its visible one.
     eta: target mean gate opening of the area term.
     entropy_sign: 'release' subtracts the gate entropy (pushes gates toward 0.5, as the release does); 'paper' adds
       it (pushes gates toward binary decisions, as the paper's prose says).
@@ -41,6 +46,7 @@ class LossConfig:
   alpha: float = 0.1
   beta: float = 0.05
   lambda_grad: float = 1.0
+  intensity: str = 'release'
   eta: float = 0.3
   entropy_sign: str = 'release'
   nec_mode: str = 'release'
@@ -55,6 +61,8 @@ class LossConfig:
   def __post_init__(self):
     if self.entropy_sign not in ('release', 'paper'):
       raise ValueError(f"LossConfig.entropy_sign must be 'release' or 'paper', got {self.entropy_sign!r}")
+    if self.intensity not in INTENSITY_TERMS:
+      raise ValueError(f"LossConfig.intensity must be one of {INTENSITY_TERMS}, got {self.intensity!r}")
     if self.nec_mode not in ('release', 'hinge'):
       raise ValueError(f"LossConfig.nec_mode must be 'release' or 'hinge', got {self.nec_mode!r}")
     if self.use_inv and not (self.complementary or self.random):
@@ -105,13 +113,19 @@ def laplacian8(x: jax.Array) -> jax.Array:
   return window_sum - 9.0 * x
 
 
-def fidelity_loss(fused: jax.Array, vis: jax.Array, ir: jax.Array,
-                  lambda_grad: float = 1.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L_f = L1(F, vis) + L1(F, ir) + lambda * L1(|Lap F|, max(|Lap vis|, |Lap ir|)), and its three terms."""
-  l1_vis = l1(fused, vis)
-  l1_ir = l1(fused, ir)
+def fidelity_loss(fused: jax.Array, vis: jax.Array, ir: jax.Array, lambda_grad: float = 1.0,
+                  intensity: str = 'release') -> tuple[jax.Array, dict[str, jax.Array]]:
+  """L_f = intensity term + lambda * L1(|Lap F|, max(|Lap vis|, |Lap ir|)), and its terms.
+
+  The intensity term is L1(F, vis) + L1(F, ir) ('release') or L1(F, max(vis, ir)) ('max'; LossConfig.intensity).
+  """
   target = jnp.maximum(jnp.abs(laplacian8(vis)), jnp.abs(laplacian8(ir)))
   grad = l1(jnp.abs(laplacian8(fused)), target)
+  if intensity == 'max':
+    l1_max = l1(fused, jnp.maximum(vis, ir))
+    return l1_max + lambda_grad * grad, {'l1_max': l1_max, 'grad': grad}
+  l1_vis = l1(fused, vis)
+  l1_ir = l1(fused, ir)
   return l1_vis + l1_ir + lambda_grad * grad, {'l1_vis': l1_vis, 'l1_ir': l1_ir, 'grad': grad}
 
 
@@ -181,7 +195,7 @@ def total_loss(fused: jax.Array, gates: Sequence[jax.Array], vis: jax.Array, ir:
   gates = [g.astype(jnp.float32) for g in gates]
   view = {name: i for i, name in enumerate(names)}
   clean = fused[view[interventions.CLEAN]]
-  loss_f, f_terms = fidelity_loss(clean, vis, ir, config.lambda_grad)
+  loss_f, f_terms = fidelity_loss(clean, vis, ir, config.lambda_grad, config.intensity)
   terms = {'loss_f': loss_f, **{f'loss_f_{k}': v for k, v in f_terms.items()}}
   loss = loss_f
   masked = [view[n] for n in (interventions.COMPLEMENTARY, interventions.RANDOM) if n in view]

@@ -81,6 +81,11 @@ class SyntheticPairs:
     return {'name': f'synthetic_{self._seed}_{self._stream}_{index:06d}', 'ir': pair.ir,
             'vis': images.rgb_to_ycrcb(pair.vis)[..., 0]}
 
+  def warm(self, index: int) -> np.ndarray:
+    """Scene `index`'s warm-object coverage (HxW in [0, 1]), for checking that a fusion keeps them bright."""
+    index = int(index) % self._num_scenes
+    return synthetic_fusion.generate_pair((self._seed, self._stream, index), self._size, self._size).warm
+
   def __repr__(self) -> str:
     return f'SyntheticPairs(num_scenes={self._num_scenes}, size={self._size}, seed={self._seed})'
 

@@ -40,6 +40,26 @@ def test_fidelity_loss_hand_case():
   np.testing.assert_allclose(loss_half, 1 + 8 / 9, rtol=1e-6)
 
 
+def test_fidelity_loss_max_intensity_prefers_the_brighter_source():
+  vis, ir = _image([[0.2, 0.8], [0.8, 0.2]]), _image([[0.6, 0.4], [0.4, 0.6]])
+  brighter, average = jnp.maximum(vis, ir), (vis + ir) / 2
+  _, release_at_max = losses.fidelity_loss(brighter, vis, ir, lambda_grad=0.0)
+  _, release_at_average = losses.fidelity_loss(average, vis, ir, lambda_grad=0.0)
+  # The release's two L1 terms cannot tell the maximum from the average (both lie between the sources) ...
+  np.testing.assert_allclose(release_at_max['l1_vis'] + release_at_max['l1_ir'],
+                             release_at_average['l1_vis'] + release_at_average['l1_ir'], rtol=1e-6)
+  # ... the 'max' term is zero at the maximum and |max - average| = 0.2 per pixel at the average.
+  loss_max, terms = losses.fidelity_loss(brighter, vis, ir, lambda_grad=0.0, intensity='max')
+  np.testing.assert_allclose([loss_max, terms['l1_max']], [0.0, 0.0], atol=1e-7)
+  loss_average, _ = losses.fidelity_loss(average, vis, ir, lambda_grad=0.0, intensity='max')
+  np.testing.assert_allclose(loss_average, 0.2, rtol=1e-6)
+
+
+def test_loss_config_rejects_an_unknown_intensity_term():
+  with pytest.raises(ValueError, match='intensity'):
+    losses.LossConfig(intensity='mean')
+
+
 def test_gate_map_averages_the_upsampled_scales():
   gates = [jnp.full((2, 2, 2, 1), 0.2), jnp.full((2, 4, 4, 1), 0.4), jnp.full((2, 8, 8, 1), 0.9)]
   g = losses.gate_map(gates, (8, 8))

@@ -152,6 +152,26 @@ def test_make_optimizer_is_adam_with_release_defaults():
   np.testing.assert_allclose(faster.update(grads, faster.init(grads))[0]['w'], [-1e-3, 1e-3], rtol=1e-4)
 
 
+def _first_stage_bias_second_moments(clip_grad_norm: float) -> np.ndarray:
+  """Adam's second moment of the encoders' first BatchNorm biases after the first step of the full loss."""
+  tx = train.make_optimizer({'learning_rate': 1e-3, 'clip_grad_norm': clip_grad_norm})
+  state = train.create_train_state(jax.random.key(0), MODEL, tx, SHAPE)
+  state, _ = jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig()))(
+      state, _pattern_batch(), jax.random.key(1))
+  adam_state = state.opt_state[-1] if clip_grad_norm > 0 else state.opt_state
+  nu = adam_state[0].nu
+  return np.concatenate([np.asarray(nu[name]['stage1']['block0']['bn']['bias']) for name in ('encoder_ir',
+                                                                                              'encoder_vis')])
+
+
+def test_dropout_views_spike_the_first_gradient_and_clipping_keeps_it_out_of_adam():
+  # A zero image makes every BatchNorm of its encoder divide a zero-variance batch by sqrt(eps): the exact gradient
+  # of the first stages' biases is zero, the float32 one is rounding amplified ~316x per layer. Unclipped, Adam's
+  # second moment stores it (then the update lr * m / sqrt(nu) of those biases is ~0 for thousands of steps).
+  assert _first_stage_bias_second_moments(0.0).max() > 1e4
+  assert _first_stage_bias_second_moments(1.0).max() < 1e-2
+
+
 @pytest.fixture(scope='module')
 def trained():
   """50 steps of the full CFI loss with the batch sharded over a 2-device 'data' mesh."""

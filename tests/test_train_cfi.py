@@ -1,5 +1,6 @@
 """The CFI task in the shared loop: sharded vs single-device steps, and launch.train end to end in subprocesses
 (smoke run -> launch.fuse / launch.evaluate, SIGKILL + exact resume)."""
+import copy
 import dataclasses
 import functools
 import json
@@ -181,6 +182,20 @@ def test_config_variants_combine_and_the_ablation_says_what_it_changes():
     cfi_configs.get_config("smoke,bogus")
   with pytest.raises(ValueError, match="need one or more of smoke, demo, paper"):
     cfi_configs.get_config("no_cfi")
+
+
+def test_checkpoints_from_before_the_intensity_and_clipping_fields_resume_with_the_release_values():
+  now = {"model": "m", "process_count": 1, "experiment": cfi_configs.get_config("smoke").to_dict()}
+  older = copy.deepcopy(now)
+  del older["experiment"]["loss"]["intensity"], older["experiment"]["optimizer"]["clip_grad_norm"]
+  added = tasks.make_task(cfi_configs.get_config("smoke")).added_field_defaults
+  assert trainer.config_differences(older, now, added_field_defaults=added) == []
+  demo = {"model": "m", "process_count": 1, "experiment": cfi_configs.get_config("demo").to_dict()}
+  older_demo = copy.deepcopy(demo)
+  del older_demo["experiment"]["loss"]["intensity"], older_demo["experiment"]["optimizer"]["clip_grad_norm"]
+  differences = set(trainer.config_differences(older_demo, demo, added_field_defaults=added))
+  assert {"loss.intensity: checkpoint 'release', now 'max'",
+          "optimizer.clip_grad_norm: checkpoint 0.0, now 1.0"} <= differences
 
 
 def test_demo_writes_eight_held_out_samples_of_at_least_192_pixels(tmp_path):

@@ -31,7 +31,8 @@ _ABLATION_MODEL_FIELDS = {"no_cfi": {"use_cfi": False}}
 def _loss_defaults() -> ml_collections.ConfigDict:
   """cfi_jax.losses.LossConfig's weights and readings (its view switches are config.ablation's)."""
   return ml_collections.ConfigDict(dict(
-      alpha=0.1, beta=0.05, lambda_grad=1.0, eta=0.3, entropy_sign="release", nec_mode="release", nec_margin=0.1,
+      alpha=0.1, beta=0.05, lambda_grad=1.0, intensity="release", eta=0.3, entropy_sign="release", nec_mode="release",
+      nec_margin=0.1,
       holes=dict(square_size=(16, 16), disk_radius=(8, 8), num_holes=(1, 6), p_square=0.7)))
 
 
@@ -70,7 +71,8 @@ def _base_config() -> ml_collections.ConfigDict:
   config.ablation = "full"
   config.model = ml_collections.ConfigDict(dict(features=32, use_cfi=True, pool_size=8, dtype="float32"))
   config.loss = _loss_defaults()
-  config.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8))
+  config.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8,
+                                                    clip_grad_norm=0.0))
   config.data = _data_defaults()
   # Training-time evaluation on the data.num_eval held-out pairs, centre-cropped to at most crop_size; the grid
   # shows the first grid_pairs of them.
@@ -112,11 +114,18 @@ def _apply_size_variant(config: ml_collections.ConfigDict, variant: str) -> None
     config.eval.grid_pairs = 2
     config.eval.crop_size = 48
   elif variant == "demo":
-    # Sized for a 2-core CPU: a quarter-width network on 48x48 crops, and 10x the release's learning rate so that a
-    # few hundred steps suffice. Evaluation mode normalises with the running statistics of the clean pass only: the
-    # release's mix with the zero-input views gave noisier, less faithful fusions here (README, demo).
+    # Sized for a 2-core CPU: a quarter-width network on 48x48 crops, and a learning rate far above the release's so
+    # that a few hundred steps suffice. What makes it fuse (README, demo):
+    # - L_f's intensity term L1(F, max(vis, ir)) instead of the release's L1(F, vis) + L1(F, ir), which is flat
+    #   between the sources and left warm targets at any brightness between their IR and visible values;
+    # - the gradients clipped to norm 1: at initialisation the modality-dropout views give the first encoder
+    #   stages float32-rounding gradients ~1e7 (cfi_jax.train.make_optimizer), which froze them through Adam;
+    # - evaluation mode normalises with the running statistics of the clean pass only: the release's mix with the
+    #   zero-input views gave noisier fusions.
     config.model.features = 8
-    config.optimizer.learning_rate = 1e-3
+    config.optimizer.learning_rate = 3e-3
+    config.optimizer.clip_grad_norm = 1.0
+    config.loss.intensity = "max"
     config.running_stats = "clean_view"
     config.data.name = "synthetic"
     config.data.crop_size = 48

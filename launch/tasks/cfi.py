@@ -40,8 +40,9 @@ class CFITask(task_lib.Task):
   # Looped, vmapped or recomputed views compute the same step (cfi_jax/train.py), and cached pairs are the same
   # pairs, so a run may switch between them.
   resumable_fields = frozenset({"view_batching", "remat", "data.cache_decoded"})
-  # Checkpoints written before running_stats existed fed every view into the running statistics.
-  added_field_defaults = {"running_stats": "all_views"}
+  # Checkpoints written before these fields existed trained as the release does: every view fed the running
+  # statistics, L_f's intensity term was L1(F, vis) + L1(F, ir), and Adam was not clipped.
+  added_field_defaults = {"running_stats": "all_views", "loss.intensity": "release", "optimizer.clip_grad_norm": 0.0}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
