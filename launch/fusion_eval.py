@@ -1,6 +1,6 @@
 """Scoring fused infrared/visible images with the fusion metrics: pairs, fused files, reports and the grid.
 
-The library under launch.evaluate (no flags, no process exit; errors are ProjectErrors naming the file). A folder
+The library under launch.evaluate_cfi (no flags, no process exit; errors are ProjectErrors naming the file). A folder
 of fused images of any method (<name>.<ext> per pair, names as launch.fuse writes them) is scored against its
 sources, so every mode scores exactly what a file on disk holds.
 """
@@ -170,7 +170,7 @@ def evaluate_folders(ir_dir: str, vis_dir: str, output_dir: str | pathlib.Path, 
                      method: str | None = None, baselines: bool = False, num_grid: int = 4,
                      resize_to: str | None = None, skip_bad: bool = False
                      ) -> tuple[dict[str, list[dict[str, object]]], list[tuple[str, str]]]:
-  """launch.evaluate: scores `fused_dir`, or first fuses every pair with `checkpoint` into output_dir/fused/.
+  """launch.evaluate_cfi: scores `fused_dir`, or first fuses every pair with `checkpoint` into output_dir/fused/.
 
   Returns (rows per dialect, skipped (name, reason)).
 

@@ -1,6 +1,6 @@
 """Fusing image files with an ISFuse model: pair loading, size reconciliation, folder fusion.
 
-Shared by launch.fuse and launch.evaluate (library code: no flags, no process exit; errors are ProjectErrors).
+Shared by launch.fuse and launch.evaluate_cfi (library code: no flags, no process exit; errors are ProjectErrors).
 """
 import os
 import pathlib
@@ -31,7 +31,7 @@ def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[
   variables, config = checkpoints.restore_model_variables(checkpoint, step)
   if config['model'] != 'isfuse':
     raise checkpoints.CheckpointError(f'{checkpoint} holds a {config["model"]!r} model, not an ISFuse one; pass a '
-                                      'checkpoint of launch.train with a cfi config, or of launch.import_isfuse')
+                                      'checkpoint of launch.train with a cfi config, or of launch.import_cfi_release')
   return inference.model_from_config(config['model_config']), variables
 
 

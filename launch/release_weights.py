@@ -1,6 +1,6 @@
 """Importing the authors' released PyTorch ISFuse weights (best.pth) as an orbax inference checkpoint.
 
-The library under launch.import_isfuse (no flags, no process exit; errors are ProjectErrors naming the file).
+The library under launch.import_cfi_release (no flags, no process exit; errors are ProjectErrors naming the file).
 Needs the optional torch extra (pip install torch==2.13.0).
 """
 import pathlib

@@ -16,7 +16,7 @@ from dfc_jax import evaluate as dfc_evaluate
 from dfc_jax import joint_regressor
 from dfc_jax import losses
 from dfc_jax import model as model_lib
-from dfc_jax import train as dfc_train
+from dfc_jax import steps as dfc_steps
 from dfc_jax import transforms
 from input_pipeline import images
 from input_pipeline import pose_data
@@ -49,10 +49,10 @@ def test_step_on_eight_devices_equals_one_device():
   generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, amplifier='sharpen',
                                learn_sharpen=True)
   discriminator = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2, pose_condition=True)
-  state = dfc_train.create_train_state(jax.random.PRNGKey(0), generator, discriminator, tx, tx, (1, 16, 16, 3))
+  state = dfc_steps.create_train_state(jax.random.PRNGKey(0), generator, discriminator, tx, tx, (1, 16, 16, 3))
   config = losses.LossConfig(vgg_layers=1, equivariance=1.0, separation=1.0, perceptual_normalize=True,
                              perceptual_scales=2)
-  step = functools.partial(dfc_train.train_step, generator=generator, discriminator=discriminator, config=config,
+  step = functools.partial(dfc_steps.train_step, generator=generator, discriminator=discriminator, config=config,
                            vgg_params=losses.vgg16_params(1), key=_KEY)
   batch = _batch(8)
   results = []
@@ -87,7 +87,7 @@ def test_consistency_gradients_reach_the_generator_through_the_reencoding():
 
   def grads_of(generator, params, **consistency):
     config = losses.LossConfig(**consistency, **weights)
-    loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, 0, generator=generator,  # noqa: E731
+    loss_fn = lambda g: dfc_steps._generator_loss(g, d_params, batch, 0, generator=generator,  # noqa: E731
                                                   discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
     grads = jax.jit(jax.grad(loss_fn))(params)
     return grads, {k: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(v))) for k, v in grads.items()}
@@ -116,7 +116,7 @@ def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():
                  use_consistency=False)
   config = losses.LossConfig(equivariance=1.0, support=0.5, **weights)
   key = jax.random.key(3, impl='rbg')
-  loss_fn = lambda g: dfc_train._generator_loss(g, d_params, batch, 0, generator=_GENERATOR,  # noqa: E731
+  loss_fn = lambda g: dfc_steps._generator_loss(g, d_params, batch, 0, generator=_GENERATOR,  # noqa: E731
                                                 discriminator=_DISCRIMINATOR, config=config, vgg_params=None,
                                                 key=key)
   (total, (parts, _, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(g_params)
@@ -139,7 +139,7 @@ def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():
   np.testing.assert_allclose(parts['equivariance'], expected, rtol=1e-5)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   with pytest.raises(ValueError, match='needs a key'):
-    dfc_train._generator_loss(g_params, d_params, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+    dfc_steps._generator_loss(g_params, d_params, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
                               config=config, vgg_params=None)
 
 
@@ -151,7 +151,7 @@ def test_adversarial_warmup_silences_the_discriminator_then_ramps_linearly():
   batch = _batch(2)
   config = losses.LossConfig(perceptual=0.0, adversarial_warmup_steps=4, adversarial_ramp_steps=4)
   # D's parameters and the step are traced: one compilation serves every call.
-  loss_fn = lambda g, d, step: dfc_train._generator_loss(  # noqa: E731
+  loss_fn = lambda g, d, step: dfc_steps._generator_loss(  # noqa: E731
       g, d, batch, step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
   grad = jax.jit(jax.grad(loss_fn))
   flat = lambda d, step: np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(g_params, d, step))])  # noqa: E731

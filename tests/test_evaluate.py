@@ -1,4 +1,4 @@
-"""Scoring fused images (launch.fusion_eval, under launch.evaluate): a folder of published TNO outputs, a tiny
+"""Scoring fused images (launch.fusion_eval, under launch.evaluate_cfi): a folder of published TNO outputs, a tiny
 checkpoint, bad input."""
 import csv
 import json

@@ -1,5 +1,5 @@
 """The CFI task in the shared loop: sharded vs single-device steps, and launch.train end to end in subprocesses
-(smoke run -> launch.fuse / launch.evaluate, SIGKILL + exact resume)."""
+(smoke run -> launch.fuse / launch.evaluate_cfi, SIGKILL + exact resume)."""
 import dataclasses
 import functools
 import json
@@ -129,7 +129,7 @@ def test_fuse_and_evaluate_on_trained_checkpoint(smoke_run, repo_root, compile_c
   fused, ir = np.asarray(Image.open(out)), np.asarray(Image.open(samples / "ir/0.png"))
   assert fused.shape == ir.shape and fused.dtype == np.uint8 and fused.std() > 0
 
-  _run(["-m", "launch.evaluate", f"--checkpoint={checkpoint}", f"--ir_dir={samples / 'ir'}",
+  _run(["-m", "launch.evaluate_cfi", f"--checkpoint={checkpoint}", f"--ir_dir={samples / 'ir'}",
         f"--vis_dir={samples / 'vi'}", f"--output_dir={tmp_path / 'eval'}"], repo_root, _env(compile_cache))
   assert "EN" in (tmp_path / "eval" / "summary.md").read_text()
   assert sorted(p.name for p in (tmp_path / "eval" / "fused").iterdir()) == ["0.png", "1.png"]

@@ -77,9 +77,9 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(grid_pairs=4, crop_size=256, dialect="tang2023"))
   config.keep_checkpoints = 3
   # How the five views run inside the jitted step: 'vmap', 'loop' or 'auto' (loop on CPU, vmap on accelerators);
-  # the same computation either way (cfi_jax/train.py).
+  # the same computation either way (cfi_jax/steps.py).
   config.view_batching = "auto"
-  # "views": the backward pass recomputes one view's forward at a time (cfi_jax/train.py apply_views), so only one
+  # "views": the backward pass recomputes one view's forward at a time (cfi_jax/steps.py apply_views), so only one
   # view's activations are alive: the paper step needs 8.1 GiB on a TPU v5e instead of 24 GB, at 1.33x the FLOPs
   # and (XLA's count) 2.3x the bytes. "none" keeps every activation: faster where it fits (v5p, H100). The same
   # computation either way.
