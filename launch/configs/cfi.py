@@ -11,7 +11,7 @@ VARIANTS is a comma-separated list applied in order (as big_vision's config argu
 
 The config holds values only; launch/tasks/cfi.py builds the library's dataclasses (cfi_jax.losses.LossConfig, the
 input pipeline's data config) from them. config.loss has LossConfig's defaults, config.data every field of
-input_pipeline.fusion_data.default_data_config() (tests/test_train_cfi.py keeps them in step).
+input_pipeline.fusion_data.default_data_config() (tests/test_launch_tasks_cfi.py keeps them in step).
 """
 import math
 

@@ -12,7 +12,7 @@ from cfi_jax import torch_import
 from cfi_jax.model import ISFuse
 from input_pipeline import errors
 from input_pipeline import images
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 from launch import checkpoints
 from launch import fusion_files
 from launch import release_weights

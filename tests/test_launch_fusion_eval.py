@@ -14,13 +14,13 @@ from cfi_jax.model import ISFuse
 from input_pipeline import errors
 from input_pipeline import grids
 from input_pipeline import images
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 from launch import checkpoints
 from launch import fusion_eval
 from launch import fusion_files
 
-TNO_NAMES = ('01', '02')  # One size (576x768): the metrics compile once (shared with test_metrics.py).
-SMALL = (48, 64)  # Same size as test_metrics.py's synthetic images, for the same reason.
+TNO_NAMES = ('01', '02')  # One size (576x768): the metrics compile once (shared with test_cfi_metrics.py).
+SMALL = (48, 64)  # Same size as test_cfi_metrics.py's synthetic images, for the same reason.
 
 
 def _run(*, ir_dir, vis_dir, output_dir, dialect=('tang2023',), **kwargs):
