@@ -29,8 +29,8 @@ def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[
     checkpoints.CheckpointError: no checkpoint there, or one of another model.
   """
   variables, config = checkpoints.restore_model_variables(checkpoint, step)
-  if config['model'] != 'isfuse':
-    raise checkpoints.CheckpointError(f'{checkpoint} holds a {config["model"]!r} model, not an ISFuse one; pass a '
+  if config['model'] != 'cfi':
+    raise checkpoints.CheckpointError(f'{checkpoint} holds a {config["model"]!r} model, not a CFI one; pass a '
                                       'checkpoint of launch.train with a cfi config, or of launch.import_cfi_release')
   return inference.model_from_config(config['model_config']), variables
 

@@ -101,7 +101,7 @@ def tiny_setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('evaluate')
   checkpoint = root / 'tiny_ckpt'
   checkpoints.save_inference_checkpoint(checkpoint, random_variables(ISFuse(features=8), seed=3),
-                                        {'model': 'isfuse', 'model_config': {'features': 8}})
+                                        {'model': 'cfi', 'model_config': {'features': 8}})
   rng = np.random.default_rng(0)
   for name in ('a', 'b'):
     (root / 'ir').mkdir(exist_ok=True)

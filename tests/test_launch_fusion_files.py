@@ -4,6 +4,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -34,7 +35,7 @@ def tiny(tmp_path_factory):
   final['kernel'] = np.zeros_like(final['kernel'])
   final['bias'] = np.full_like(final['bias'], np.log(CONSTANT / (1 - CONSTANT)))
   directory = tmp_path_factory.mktemp('tiny') / 'ckpt'
-  checkpoints.save_inference_checkpoint(directory, variables, {'model': 'isfuse', 'model_config': {'features': 8}})
+  checkpoints.save_inference_checkpoint(directory, variables, {'model': 'cfi', 'model_config': {'features': 8}})
   model, variables = fusion_files.load_model(directory)
   return directory, model, variables
 
@@ -159,11 +160,21 @@ def test_folder_mode_skip_bad(tiny, tmp_path):
 def test_load_model_refuses_other_models_and_non_checkpoints(tmp_path):
   checkpoints.save_inference_checkpoint(tmp_path / 'dfc', random_variables(ISFuse(features=8)),
                                         {'model': 'dfc', 'model_config': {}})
-  with pytest.raises(checkpoints.CheckpointError, match=r"holds a 'dfc' model, not an ISFuse one"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"holds a 'dfc' model, not a CFI one"):
     fusion_files.load_model(tmp_path / 'dfc')
   (tmp_path / 'photos').mkdir()
   with pytest.raises(checkpoints.CheckpointNotFoundError, match='photos holds no checkpoint steps'):
     fusion_files.load_model(tmp_path / 'photos')
+
+
+def test_checkpoints_that_name_the_model_isfuse_still_load(tiny, tmp_path):
+  # Written before the family was named 'cfi' everywhere (launch.import_isfuse, launch.train with model 'isfuse').
+  _, model, variables = tiny
+  old_config = {'model': 'isfuse', 'model_config': {'features': 8}}
+  checkpoints.save_inference_checkpoint(tmp_path / 'old', variables, old_config)
+  old_model, old_variables = fusion_files.load_model(tmp_path / 'old')
+  assert old_model == model
+  jax.tree.map(np.testing.assert_array_equal, old_variables, variables)
 
 
 def _fuse_binary(*args):

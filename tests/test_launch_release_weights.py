@@ -17,7 +17,7 @@ def imported(shared_dir, tmp_path_factory):
   output_dir = tmp_path_factory.mktemp('imported') / 'ckpt'
   release_weights.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
   variables, config = checkpoints.restore_model_variables(output_dir)
-  assert config['model'] == 'isfuse'
+  assert config['model'] == 'cfi'
   assert config['source']['ignored_modules'] == ['adjust_channels3', 'module4', 'module5']
   return inference.model_from_config(config['model_config']), variables
 

@@ -117,7 +117,7 @@ def test_smoke_run_writes_checkpoints_logs_and_eval(smoke_run):
   assert [r["step"] for r in records if r["split"] == "train"] == list(
       range(config.log_every, config.num_steps + 1, config.log_every))
   variables, saved_config = checkpoints.restore_model_variables(smoke_run / "checkpoints")
-  assert saved_config["model"] == "isfuse" and saved_config["model_config"]["features"] == config.model.features
+  assert saved_config["model"] == "cfi" and saved_config["model_config"]["features"] == config.model.features
   assert jax.tree.leaves(variables["batch_stats"])
 
 

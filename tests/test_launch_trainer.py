@@ -137,6 +137,15 @@ def test_refuses_checkpoint_of_other_config_or_model(tmp_path):
   assert int(state.step) == 3
 
 
+def test_resumes_a_checkpoint_that_holds_the_familys_former_name(tmp_path, monkeypatch):
+  # As a CFI run resumes from checkpoints that say 'isfuse': here 'linear' plays the former name of 'other'.
+  _train(tmp_path / "split", num_steps=2)
+  monkeypatch.setitem(checkpoints.FORMER_MODEL_NAMES, "linear", "other")
+  resumed = _train(tmp_path / "split", num_steps=4, task_cls=linear_task.OtherTask)
+  _assert_trees_equal(resumed, _train(tmp_path / "straight", num_steps=4))
+  assert checkpoints.restore_config(tmp_path / "split" / "checkpoints", step=2)["model"] == "other"
+
+
 def test_config_differences_lists_added_and_removed_fields():
   current = {"model": "m", "process_count": 1, "experiment": {"a": {"b": 1}, "num_steps": 5}}
   saved = {"model": "m", "process_count": 2, "experiment": {"a": {"c": 1}, "num_steps": 9}}

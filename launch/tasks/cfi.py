@@ -36,7 +36,7 @@ class CFITask(task_lib.Task):
   job. The grid shows IR | VIS | fused for the first config.eval.grid_pairs of them.
   """
 
-  name = "isfuse"
+  name = "cfi"
   # Looped, vmapped or recomputed views compute the same step (cfi_jax/steps.py), and cached pairs are the same
   # pairs, so a run may switch between them.
   resumable_fields = frozenset({"view_batching", "remat", "data.cache_decoded"})
