@@ -177,6 +177,12 @@ def test_config_variants_combine_and_the_ablation_says_what_it_changes():
   # What trains is what the saved config says.
   assert tasks.make_task(no_cfi).model_config()["use_cfi"] is False
   assert cfi_configs.get_config("smoke,no_inv").model.use_cfi is True
+  # The ablation set on its own (--config.ablation=no_cfi): the saved experiment says what trains too.
+  overridden = cfi_configs.get_config("smoke")
+  overridden.lock()  # as launch.train's config flag is
+  overridden.ablation = "no_cfi"
+  saved = trainer.checkpoint_config(tasks.make_task(overridden), overridden)
+  assert saved["model_config"]["use_cfi"] is False and saved["experiment"]["model"]["use_cfi"] is False
   with pytest.raises(ValueError, match="unknown: bogus"):
     cfi_configs.get_config("smoke,bogus")
   with pytest.raises(ValueError, match="need one or more of smoke, demo, paper"):

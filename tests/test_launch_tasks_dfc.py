@@ -152,6 +152,23 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
   assert dfc_task.training_crop(ckpt) == '0,128,512,512'
 
 
+def test_config_variants_combine_in_order():
+  frames_smoke = dfc_config.get_config('frames,smoke')
+  # The video frames data (frames' own fields) at smoke sizes (smoke's, applied last).
+  assert (frames_smoke.data.name, frames_smoke.data.support) == ('frames', False)
+  assert (frames_smoke.data.image_size, frames_smoke.batch_size, frames_smoke.num_steps) == (32, 8, 4)
+  assert frames_smoke.model.num_keypoints == 4
+  # Later variants win where both set a field.
+  smoke_frames = dfc_config.get_config('smoke,frames')
+  assert (smoke_frames.data.name, smoke_frames.data.image_size, smoke_frames.num_steps) == ('frames', 128, 100_000)
+  assert smoke_frames.model.num_keypoints == 4  # frames leaves the network alone
+  assert dfc_config.get_config('smoke').data.name == 'puppets'
+  with pytest.raises(ValueError, match='unknown: bogus'):
+    dfc_config.get_config('smoke,bogus')
+  with pytest.raises(ValueError, match='need one or more of smoke, demo, paper, frames'):
+    dfc_config.get_config('')
+
+
 def test_checkpoints_from_before_video_frames_and_equivariance_resume():
   config = dfc_config.get_config('demo')
   # A checkpoint from before the prior trained without it: the current demo turns it on, so compare with the demo

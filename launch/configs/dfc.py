@@ -1,6 +1,7 @@
-"""DFC-Net training configs: `python -m launch.train --config=launch/configs/dfc.py:VARIANT --workdir=DIR`.
+"""DFC-Net training configs: `python -m launch.train --config=launch/configs/dfc.py:VARIANTS --workdir=DIR`.
 
-Variants:
+VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py: e.g. `:frames,smoke` is the video
+frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, 500 steps (measured: see README's DFC-Net table, with the time it took
          on one contended CPU core). The copy shortcuts are off (all of the target's features reach the generator
@@ -53,8 +54,23 @@ def _loss_defaults() -> ml_collections.ConfigDict:
                                     for f in dataclasses.fields(losses.LossConfig) if f.name != 'use_support'})
 
 
-def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
-  """The config of `variant` ('smoke' | 'demo' | 'paper' | 'frames')."""
+VARIANTS = ('smoke', 'demo', 'paper', 'frames')
+
+
+def get_config(variants: str = 'demo') -> ml_collections.ConfigDict:
+  """The config of comma-separated `variants` (each of VARIANTS; see the module docstring), applied in order."""
+  names = [v.strip() for v in variants.split(',') if v.strip()]
+  unknown = [v for v in names if v not in VARIANTS]
+  if unknown or not names:
+    raise ValueError(f"Config variants {variants!r}: need one or more of {', '.join(VARIANTS)}, comma-separated" +
+                     (f"; unknown: {', '.join(unknown)}" if unknown else ''))
+  config = _base_config()
+  for name in names:
+    _apply_variant(config, name)
+  return config
+
+
+def _base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = 'dfc'
   config.seed = 0
@@ -86,7 +102,10 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
       # then cached; launch.tasks.dfc.fixed_joint_regressor).
       regressor_steps=800))
   config.keep_checkpoints = 3
+  return config
 
+
+def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   if variant == 'smoke':
     config.model.num_keypoints = 4
     config.model.pose_widths = (4, 8, 8)
@@ -150,6 +169,3 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
     config.eval.num_samples = 512
     if variant == 'frames':
       config.data.update(name='frames', support=False)
-  else:
-    raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo, paper or frames.")
-  return config

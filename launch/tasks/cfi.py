@@ -54,9 +54,11 @@ class CFITask(task_lib.Task):
       raise errors.ConfigError(f"config.ablation / config.loss / config.model: {e}") from e
     overridden = {k: v for k, v in ablation_model_kwargs.items() if config.model.get(k) != v}
     if overridden:
-      logging.warning("config.ablation=%s sets model fields %s that the config says otherwise; the config variant "
-                      "',%s' (e.g. launch/configs/cfi.py:demo,%s) sets both, so the saved config says what trains.",
-                      config.ablation, overridden, config.ablation, config.ablation)
+      # E.g. --config.ablation=no_cfi alone: the ablation decides, and the config (saved in every checkpoint as the
+      # experiment) is made to say so.
+      logging.warning("config.ablation=%s sets model fields %s that the config said otherwise; the saved config "
+                      "records the values that train.", config.ablation, overridden)
+      config.model.update(overridden)
     self._eval_pairs = None
 
   def model_config(self) -> dict[str, Any]:
