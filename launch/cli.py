@@ -85,4 +85,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       print(f'Error: {e}', file=sys.stderr)
       sys.exit(1)
 
-  app.run(main_with_error_policy)
+  try:
+    app.run(main_with_error_policy)
+  except errors.ProjectError as e:  # Raised while absl parses the flags, before main: a config file's get_config.
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(1)

@@ -18,6 +18,7 @@ from PIL import Image
 import pytest
 
 from cfi_jax import losses
+from input_pipeline import errors
 from input_pipeline import fusion_data
 from launch import checkpoints
 from launch import tasks
@@ -183,9 +184,9 @@ def test_config_variants_combine_and_the_ablation_says_what_it_changes():
   overridden.ablation = "no_cfi"
   saved = trainer.checkpoint_config(tasks.make_task(overridden), overridden)
   assert saved["model_config"]["use_cfi"] is False and saved["experiment"]["model"]["use_cfi"] is False
-  with pytest.raises(ValueError, match="unknown: bogus"):
+  with pytest.raises(errors.ConfigArgumentError, match="unknown: bogus"):
     cfi_configs.get_config("smoke,bogus")
-  with pytest.raises(ValueError, match="need one or more of smoke, demo, paper"):
+  with pytest.raises(errors.ConfigArgumentError, match="need one or more of smoke, demo, paper"):
     cfi_configs.get_config("no_cfi")
 
 

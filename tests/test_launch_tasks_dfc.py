@@ -15,6 +15,7 @@ from dfc_jax import evaluate as dfc_evaluate
 from dfc_jax import joint_regressor
 from dfc_jax import losses
 from dfc_jax import model as model_lib
+from input_pipeline import errors
 from input_pipeline import images
 from input_pipeline import pose_data
 from launch import checkpoints
@@ -163,9 +164,9 @@ def test_config_variants_combine_in_order():
   assert (smoke_frames.data.name, smoke_frames.data.image_size, smoke_frames.num_steps) == ('frames', 128, 100_000)
   assert smoke_frames.model.num_keypoints == 4  # frames leaves the network alone
   assert dfc_config.get_config('smoke').data.name == 'puppets'
-  with pytest.raises(ValueError, match='unknown: bogus'):
+  with pytest.raises(errors.ConfigArgumentError, match='unknown: bogus'):
     dfc_config.get_config('smoke,bogus')
-  with pytest.raises(ValueError, match='need one or more of smoke, demo, paper, frames'):
+  with pytest.raises(errors.ConfigArgumentError, match='need one or more of smoke, demo, paper, frames'):
     dfc_config.get_config('')
 
 

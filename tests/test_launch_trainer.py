@@ -245,6 +245,21 @@ def test_train_binary_refuses_mismatched_checkpoint_with_message(repo_root, tmp_
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("config, message", [
+    # Raised by get_config while absl parses the flags, before main.
+    ("launch/configs/cfi.py:smoke,bogus", "Error: launch/configs/cfi.py:smoke,bogus: need one or more of smoke, "),
+    ("launch/configs/dfc.py:bogus", "Error: launch/configs/dfc.py:bogus: need one or more of smoke, demo, paper, "),
+    ("launch/configs/nope.py:smoke", "Error: --config: the config file cannot be loaded ([Errno 2] No such file"),
+])
+def test_train_binary_names_a_bad_config_argument_in_one_line(repo_root, tmp_path, config, message):
+  result = subprocess.run([sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={tmp_path}"],
+                          cwd=repo_root, env=_ENV, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+  assert len(errors) == 1 and errors[0].startswith(message), result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def test_two_process_distributed_run_agrees(repo_root, tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -17,6 +17,9 @@ import math
 
 import ml_collections
 
+# The one project import of this config: the error type (no dependencies of its own).
+from input_pipeline import errors
+
 # The release trains 50 epochs; RoadScene's training split (the likely training set) has 180 pairs.
 _PAPER_EPOCHS = 50
 _PAPER_TRAIN_PAIRS = 180
@@ -48,9 +51,9 @@ def get_config(variants: str = "demo") -> ml_collections.ConfigDict:
   names = [v.strip() for v in variants.split(",") if v.strip()]
   unknown = [v for v in names if v not in SIZE_VARIANTS + ABLATIONS]
   if unknown or not any(name in SIZE_VARIANTS for name in names):
-    raise ValueError(f"Config variants {variants!r}: need one or more of {', '.join(SIZE_VARIANTS)}, optionally with "
-                     f"an ablation ({', '.join(ABLATIONS)}), comma-separated" +
-                     (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    raise errors.ConfigArgumentError(
+        f"launch/configs/cfi.py:{variants}: need one or more of {', '.join(SIZE_VARIANTS)}, optionally with an "
+        f"ablation ({', '.join(ABLATIONS)}), comma-separated" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
   config = _base_config()
   for name in names:
     if name in ABLATIONS:

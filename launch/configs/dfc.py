@@ -45,6 +45,7 @@ import dataclasses
 import ml_collections
 
 from dfc_jax import losses
+from input_pipeline import errors
 from input_pipeline import pose_data
 
 
@@ -62,8 +63,9 @@ def get_config(variants: str = 'demo') -> ml_collections.ConfigDict:
   names = [v.strip() for v in variants.split(',') if v.strip()]
   unknown = [v for v in names if v not in VARIANTS]
   if unknown or not names:
-    raise ValueError(f"Config variants {variants!r}: need one or more of {', '.join(VARIANTS)}, comma-separated" +
-                     (f"; unknown: {', '.join(unknown)}" if unknown else ''))
+    raise errors.ConfigArgumentError(
+        f"launch/configs/dfc.py:{variants}: need one or more of {', '.join(VARIANTS)}, comma-separated" +
+        (f"; unknown: {', '.join(unknown)}" if unknown else ''))
   config = _base_config()
   for name in names:
     _apply_variant(config, name)
