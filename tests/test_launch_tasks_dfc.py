@@ -1,6 +1,7 @@
 """The DFC task in the shared loop (launch/tasks/dfc.py, launch/dfc_files.py): the smoke config end to end with
 training, evaluation, checkpoint restore, the transfer and evaluation binaries, video frames, older checkpoints and
 the fixed joint regressor."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -151,6 +152,14 @@ def test_smoke_trains_on_video_frames_and_evaluates_the_held_out_frames(shared_d
   assert other['test_frames']['model']['ssim'] != results['test_frames']['model']['ssim']
   # launch.transfer crops new frames as training did unless told otherwise.
   assert dfc_task.training_crop(ckpt) == '0,128,512,512'
+
+
+def test_config_holds_the_librarys_defaults():
+  # The config file holds values (no library imports); these are the library's defaults, kept in step here.
+  config = dfc_config.get_config('paper')
+  assert config.loss.to_dict() == {f.name: f.default for f in dataclasses.fields(losses.LossConfig)
+                                   if f.name != 'use_support'}
+  assert {k: config.data[k] for k in pose_data.FRAMES_DEFAULTS} == pose_data.FRAMES_DEFAULTS
 
 
 def test_config_variants_combine_in_order():
