@@ -35,7 +35,7 @@ setuptools.setup(
         # Only for importing the authors' PyTorch weights and speed comparisons; pin the CPU wheel.
         "torch": ["torch==2.13.0"],
         # libtpu at the pinned jax version: runs on a TPU VM, and compiles for a TPU anywhere
-        # (benchmarks/aot_report.py, tests/test_aot.py).
+        # (benchmarks/aot_report.py, tests/test_benchmarks_aot_report.py).
         "tpu": ["jax[tpu]>=0.10,<0.11"],
     },
 )

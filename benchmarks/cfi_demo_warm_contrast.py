@@ -6,7 +6,7 @@
 For each held-out pair that `launch.train --config=launch/configs/cfi.py:demo` wrote (samples/ir/<i>.png), the
 scene is rendered again from the demo config's seed to get its warm-object coverage, and the contrast is the mean
 fused intensity (gray, [0, 1]) on the objects (coverage > 0.5) minus the mean on a ring 3-6 px around them. Prints
-one line per folder of fused images (named <i>.png like the samples): the mean over the pairs. launch.evaluate's
+one line per folder of fused images (named <i>.png like the samples): the mean over the pairs. launch.evaluate_cfi's
 metrics do not see this: an output can score well on them with dark people.
 """
 import pathlib

@@ -1,13 +1,14 @@
 """Fusing and scoring whole test folders, as whole processes: the release's test loop against launch.fuse/evaluate.
 
-  python -m launch.import_isfuse --torch_checkpoint=../shared/isfuse_reference/best.pth --output_dir=/tmp/isfuse_release
+  python -m launch.import_cfi_release --torch_checkpoint=../shared/isfuse_reference/best.pth \
+      --output_dir=/tmp/isfuse_release
   python benchmarks/cfi_folder_speed.py --checkpoint=/tmp/isfuse_release [--rounds=1] [--folders=roadscene,msrs,tno]
 
 The release side is the PyTorch twin of the released network (benchmarks/torch_isfuse.py, best.pth, eval mode)
 in the release's test loop: one pair at a time, read, fuse the Y channel, write. Its scoring side adds this
 project's float64 host metrics (tang2023, cfi_jax.metrics) after the loop, because CDDFuse's Python evaluator is not
 part of this repository; the issue measured that evaluator at about the same speed per pair on this machine.
-The project side is `launch.fuse --ir_dir` and `launch.evaluate --checkpoint` (tang2023), each run twice: with an
+The project side is `launch.fuse --ir_dir` and `launch.evaluate_cfi --checkpoint` (tang2023), each run twice: with an
 empty compilation cache (a first run) and again with the cache the first run filled (every later run).
 Every command is a fresh process timed from start to exit; the sides run interleaved, round after round, so a
 noisy machine slows both alike, and the table prints ratios (release time / project time: > 1 means faster). The
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from input_pipeline import images  # noqa: E402  (needs the sys.path line above)
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', '/tmp/isfuse_release', 'launch.import_isfuse output of best.pth.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', '/tmp/isfuse_release', 'launch.import_cfi_release output of best.pth.')
 _TORCH_CHECKPOINT = flags.DEFINE_string('torch_checkpoint', str(REPO.parent / 'shared/isfuse_reference/best.pth'),
                                         'The released PyTorch weights.')
 _DATA = flags.DEFINE_string('data', str(REPO.parent / 'shared/data/ivif'), 'Folder holding the test sets.')
@@ -141,7 +142,7 @@ def benchmark() -> None:
                              f'--out_dir={out}', f'--torch_checkpoint={_TORCH_CHECKPOINT.value}']
       fuse = lambda out: [python, '-m', 'launch.fuse', f'--checkpoint={_CHECKPOINT.value}', f'--ir_dir={ir_dir}',
                           f'--vis_dir={vis_dir}', f'--out_dir={out}']
-      evaluate = lambda out: [python, '-m', 'launch.evaluate', f'--checkpoint={_CHECKPOINT.value}',
+      evaluate = lambda out: [python, '-m', 'launch.evaluate_cfi', f'--checkpoint={_CHECKPOINT.value}',
                               f'--ir_dir={ir_dir}', f'--vis_dir={vis_dir}', f'--output_dir={out}', '--num_grid=0']
       times['release_fuse'].append(_timed(side('torch_fuse', work / f'{name}_release'), env))
       times['fuse_cold'].append(_timed(fuse(work / f'{name}_jax'), cache_env))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from cfi_jax import bucketed  # pylint: disable=g-import-not-at-top
 from cfi_jax import losses
 from cfi_jax import model as model_lib
-from cfi_jax import train as train_lib
+from cfi_jax import steps as cfi_steps
 
 _MODE = flags.DEFINE_enum("mode", "inference", ["inference", "bucketed", "train"],
                           "What to profile: model.apply, the padded folder-fusion forward (cfi_jax/bucketed.py), "
@@ -39,7 +39,7 @@ _MODE = flags.DEFINE_enum("mode", "inference", ["inference", "bucketed", "train"
 _HEIGHT = flags.DEFINE_integer("height", 480, "Image height.")
 _WIDTH = flags.DEFINE_integer("width", 640, "Image width.")
 _BATCH = flags.DEFINE_integer("batch", 1, "Images per batch.")
-_VIEW_BATCHING = flags.DEFINE_enum("view_batching", "auto", list(train_lib.VIEW_BATCHING_MODES),
+_VIEW_BATCHING = flags.DEFINE_enum("view_batching", "auto", list(cfi_steps.VIEW_BATCHING_MODES),
                                    "Train mode: how the five views run.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Traced runs after one warm-up run.")
 _TOP = flags.DEFINE_integer("top", 15, "Heaviest ops to list.")
@@ -121,9 +121,9 @@ def build(mode: str, batch: int, height: int, width: int, view_batching: str):
     sizes = np.full((batch, 2), (height, width), np.int32)
     return (jax.jit(functools.partial(bucketed.forward, model)),
             (bucketed.fold_batchnorm(variables), vis, ir, sizes))
-  state = train_lib.create_train_state(jax.random.key(0), model, train_lib.make_optimizer(),
+  state = cfi_steps.create_train_state(jax.random.key(0), model, cfi_steps.make_optimizer(),
                                        image_shape=(1, height, width, 1))
-  step = jax.jit(functools.partial(train_lib.train_step, model=model, loss_config=losses.LossConfig(),
+  step = jax.jit(functools.partial(cfi_steps.train_step, model=model, loss_config=losses.LossConfig(),
                                    view_batching=view_batching))
   return step, (state, {"vis": vis, "ir": ir}, jax.random.key(1))
 

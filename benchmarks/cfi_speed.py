@@ -3,7 +3,7 @@
   python benchmarks/cfi_speed.py --device=cpu [--out_json=cfi_speed.json] [--repeats=5]
 
 Prints fused images per second (480x640 and 256x256), five-view training steps per second (batch 4 and 16 at 256²
-by default; JAX with the views vmapped and looped, see cfi_jax/train.py), the ratios JAX / PyTorch, FLOPs per image
+by default; JAX with the views vmapped and looped, see cfi_jax/steps.py), the ratios JAX / PyTorch, FLOPs per image
 (XLA's cost analysis and a layer count), the achieved FLOP rate as a fraction of a matrix-multiply peak measured on
 the same machine, and peak memory. Never run with fake devices.
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import timing  # pylint: disable=g-import-not-at-top
 from cfi_jax import losses
 from cfi_jax import model as model_lib
-from cfi_jax import train as train_lib
+from cfi_jax import steps as cfi_steps
 
 _DEVICE = flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Backend for both frameworks.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats after warm-up; the median is reported.")
@@ -70,12 +70,12 @@ def time_jax_inference(device, height: int, width: int, variables, model, repeat
 def time_jax_train_step(device, batch: int, size: int, repeats: int, view_batching: str) -> dict:
   model = model_lib.ISFuse()
   loss_config = losses.LossConfig()
-  tx = train_lib.make_optimizer({"learning_rate": 1e-4})
+  tx = cfi_steps.make_optimizer({"learning_rate": 1e-4})
   state = jax.device_put(
-      train_lib.create_train_state(jax.random.key(0), model, tx, image_shape=(batch, size, size, 1)), device)
+      cfi_steps.create_train_state(jax.random.key(0), model, tx, image_shape=(batch, size, size, 1)), device)
   rng = np.random.default_rng(0)
   data = {k: jax.device_put(rng.random((batch, size, size, 1), np.float32), device) for k in ("vis", "ir")}
-  step = jax.jit(lambda s, b, k: train_lib.train_step(s, b, k, model=model, loss_config=loss_config,
+  step = jax.jit(lambda s, b, k: cfi_steps.train_step(s, b, k, model=model, loss_config=loss_config,
                                                       view_batching=view_batching))
   key = jax.device_put(jax.random.key(1), device)
   compiled = step.lower(state, data, key).compile()

@@ -4,8 +4,8 @@ Both train the full-width ISFuse from scratch on the same batches (launch's fold
 same crops, flips and order) for the same number of steps: the twin with the release's Train.py loop (its own
 PyTorch initialisation, Adam 1e-4, the five sequential passes, model.train()), this project with
 `launch.train --config=launch/configs/cfi.py:paper`. The twin's weights are imported into a Flax checkpoint
-(launch.import_isfuse), and both are scored by `launch.evaluate` on each test set. Prints the per-seed metric means
-and whether each framework's seed means fall within the other's seed range.
+(launch.import_cfi_release), and both are scored by `launch.evaluate_cfi` on each test set. Prints the per-seed metric
+means and whether each framework's seed means fall within the other's seed range.
 
   python benchmarks/cfi_train_compare.py --data_dir=../shared/data/ivif/roadscene \
       --test_sets=roadscene:../shared/data/ivif/roadscene/test,tno:../shared/data/ivif/tno --workdir=/tmp/cfi_compare
@@ -81,7 +81,7 @@ def train_twin(seed: int, run_dir: pathlib.Path) -> pathlib.Path:
   (run_dir / 'train.json').write_text(json.dumps({'wall_s': time.perf_counter() - start,
                                                   'cpu_s': time.process_time() - cpu_start, 'losses': losses}))
   torch.save(model.state_dict(), run_dir / 'twin.pth')
-  _run(['-m', 'launch.import_isfuse', f'--torch_checkpoint={run_dir / "twin.pth"}', f'--output_dir={checkpoint}'])
+  _run(['-m', 'launch.import_cfi_release', f'--torch_checkpoint={run_dir / "twin.pth"}', f'--output_dir={checkpoint}'])
   return checkpoint
 
 
@@ -102,7 +102,7 @@ def train_jax(seed: int, run_dir: pathlib.Path) -> pathlib.Path:
 def evaluate(checkpoint: pathlib.Path, test_dir: str, out_dir: pathlib.Path) -> dict[str, float]:
   summary_file = out_dir / 'summary.json'
   if not summary_file.exists():
-    _run(['-m', 'launch.evaluate', f'--checkpoint={checkpoint}', f'--ir_dir={test_dir}/ir',
+    _run(['-m', 'launch.evaluate_cfi', f'--checkpoint={checkpoint}', f'--ir_dir={test_dir}/ir',
           f'--vis_dir={test_dir}/vi', f'--output_dir={out_dir}', '--num_grid=2'])
   summary = json.loads(summary_file.read_text())
   # The summary names the method after the checkpoint folder ('checkpoint' for the twin, 'checkpoints' for launch).

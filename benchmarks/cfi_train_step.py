@@ -2,7 +2,7 @@
 
   python benchmarks/cfi_train_step.py [--batch=4] [--sizes=128,256] [--features=32] [--repeats=5]
 
-Both are `cfi_jax.train.train_step` jitted whole; they differ only in `view_batching`: one vmapped `model.apply`
+Both are `cfi_jax.steps.train_step` jitted whole; they differ only in `view_batching`: one vmapped `model.apply`
 over the view axis versus five unrolled calls (the release's five passes). The measurement behind the 'auto'
 choice. Prints the median seconds per step over `repeats` timed runs (the two steps alternate) after one warm-up
 (compile) run each. Never run this with fake devices (tests/conftest.py sets them; this script does not).
@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from cfi_jax import losses  # pylint: disable=g-import-not-at-top
 from cfi_jax import model as model_lib
-from cfi_jax import train
+from cfi_jax import steps as cfi_steps
 
 _BATCH = flags.DEFINE_integer('batch', 4, 'Images per batch.')
 _SIZES = flags.DEFINE_list('sizes', ['128', '256'], 'Square crop sizes to time.')
@@ -51,15 +51,15 @@ def main(argv):
   del argv
   model = model_lib.ISFuse(features=_FEATURES.value)
   loss_config = losses.LossConfig()
-  tx = train.make_optimizer()
+  tx = cfi_steps.make_optimizer()
   print(f'device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), '
         f'features={_FEATURES.value}, batch={_BATCH.value}, views={len(loss_config.view_names)}')
   for size in (int(s) for s in _SIZES.value):
     shape = (_BATCH.value, size, size, 1)
-    state = train.create_train_state(jax.random.key(0), model, tx, image_shape=shape)
+    state = cfi_steps.create_train_state(jax.random.key(0), model, tx, image_shape=shape)
     keys = jax.random.split(jax.random.key(2))
     batch = {'vis': jax.random.uniform(keys[0], shape), 'ir': jax.random.uniform(keys[1], shape)}
-    steps = {mode: jax.jit(functools.partial(train.train_step, model=model, loss_config=loss_config,
+    steps = {mode: jax.jit(functools.partial(cfi_steps.train_step, model=model, loss_config=loss_config,
                                              view_batching=mode))
              for mode in ('vmap', 'loop')}
     seconds = median_step_seconds(steps, state, batch, _REPEATS.value, f'{size}x{size}')

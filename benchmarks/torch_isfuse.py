@@ -1,8 +1,8 @@
 """PyTorch twin of the released ISFuse network and its five-pass training step, written from the spec.
 
 Used only by the speed benchmarks, so that JAX is compared against the very network that `best.pth` holds
-(tests/test_torch_twin.py checks it reproduces the reference outputs). Module names follow the release so the
-state dict loads with strict=True, including the three modules the release defines but never calls.
+(tests/test_benchmarks_torch_isfuse.py checks it reproduces the reference outputs). Module names follow the release so
+the state dict loads with strict=True, including the three modules the release defines but never calls.
 """
 import torch
 from torch import nn

@@ -21,7 +21,7 @@ scoring a test folder of mixed sizes. `dtype=np.float32` runs the jitted JAX pat
 
 Key names: MS_SSIM is Tang's multi-scale MEF-SSIM (not Wang's 5-scale MS-SSIM); cddfuse also reports SSIM_FILM,
 FILM's copy of the evaluator (data_range = 255). Validated against tang_matlab_2022_per_image.csv and the
-reimpl_*_style.csv fixtures of shared/data/ivif/tno/metrics (tests/test_metrics.py).
+reimpl_*_style.csv fixtures of shared/data/ivif/tno/metrics (tests/test_cfi_metrics.py).
 """
 from collections.abc import Callable, Mapping
 import functools

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from dfc_jax import metrics
 from dfc_jax import model as model_lib
-from dfc_jax import train
+from dfc_jax import steps
 from input_pipeline import grids
 
 
@@ -36,8 +36,8 @@ class Evaluator:
 
   def __init__(self, generator: model_lib.DFCNet, batch_size: int = 16):
     self.batch_size = batch_size
-    self._transfer = jax.jit(functools.partial(train.transfer, generator=generator))
-    self._keypoints = jax.jit(functools.partial(train.keypoints, generator=generator))
+    self._transfer = jax.jit(functools.partial(steps.transfer, generator=generator))
+    self._keypoints = jax.jit(functools.partial(steps.keypoints, generator=generator))
     self._lpips_params = metrics.lpips_alex_params()
     self._lpips = jax.jit(metrics.lpips)
     self._ssim = jax.jit(metrics.ssim)

@@ -14,5 +14,13 @@ class ConfigError(ProjectError, ValueError):
   """A config field or flag value that cannot be used; the message names the field."""
 
 
+class ConfigArgumentError(ProjectError):
+  """A config file's get_config() refuses its argument (e.g. an unknown variant in cfi.py:VARIANTS).
+
+  Not a ValueError on purpose: ml_collections' config flag folds a ValueError or TypeError raised while parsing into
+  the flag error's text, traceback included; this one reaches the binary's error policy (launch/cli.py) instead.
+  """
+
+
 class DataConfigError(ConfigError):
   """The data config asks for data that cannot be used; the message names the field or the folder."""

@@ -184,11 +184,11 @@ def _images_by_key(directory: pathlib.Path) -> dict[str, pathlib.Path]:
   return by_key
 
 
-def match_pairs(ir_dir: PathLike, vis_dir: PathLike) -> tuple[list[ImagePair], list[str]]:
+def match_pairs(ir_dir: PathLike, vis_dir: PathLike) -> tuple[list[ImagePair], list[tuple[str, str]]]:
   """Pairs the image files of two folders by file stem (or IR<n> with VIS<n>), in natural order.
 
   Returns:
-    (pairs, unpaired): `unpaired` has one '<file>: no <modality> partner in <folder>' line per file left over.
+    (pairs, unpaired): `unpaired` has one (file, 'no <modality> partner in <folder>') per file left over.
 
   Raises:
     DataConfigError: a folder is missing or neither folder has images.
@@ -197,8 +197,9 @@ def match_pairs(ir_dir: PathLike, vis_dir: PathLike) -> tuple[list[ImagePair], l
   vis = _images_by_key(pathlib.Path(vis_dir))
   if not ir and not vis:
     raise errors.DataConfigError(f'no images ({", ".join(sorted(IMAGE_EXTENSIONS))}) in {ir_dir} and {vis_dir}')
-  unpaired = [f'{ir[k]}: no visible partner in {vis_dir}' for k in sorted(ir.keys() - vis.keys(), key=_natural_key)]
-  unpaired += [f'{vis[k]}: no infrared partner in {ir_dir}'
+  unpaired = [(str(ir[k]), f'no visible partner in {vis_dir}')
+              for k in sorted(ir.keys() - vis.keys(), key=_natural_key)]
+  unpaired += [(str(vis[k]), f'no infrared partner in {ir_dir}')
                for k in sorted(vis.keys() - ir.keys(), key=_natural_key)]
   pairs = [ImagePair(k, ir[k], vis[k]) for k in sorted(ir.keys() & vis.keys(), key=_natural_key)]
   return pairs, unpaired
@@ -213,15 +214,9 @@ def find_pairs(ir_dir: PathLike, vis_dir: PathLike) -> list[ImagePair]:
   pairs, unpaired = match_pairs(ir_dir, vis_dir)
   if unpaired:
     raise errors.DataConfigError(f'{len(unpaired)} image(s) without a partner in {ir_dir} / {vis_dir} (--skip_bad, '
-                                 'or data.skip_bad=True for training, leaves them out): ' + '; '.join(unpaired))
+                                 'or data.skip_bad=True for training, leaves them out): ' +
+                                 '; '.join(f'{file}: {reason}' for file, reason in unpaired))
   return pairs
-
-
-def pair_files(ir_dir: PathLike, vis_dir: PathLike, *, skip_unpaired: bool) -> tuple[list[ImagePair], list[str]]:
-  """(pairs, unpaired): `match_pairs` when skip_unpaired is set, else `find_pairs` (every file needs a partner)."""
-  if skip_unpaired:
-    return match_pairs(ir_dir, vis_dir)
-  return find_pairs(ir_dir, vis_dir), []
 
 
 def center_box(shape: tuple[int, ...], height: int, width: int) -> tuple[int, int, int, int]:

@@ -16,7 +16,6 @@ import os
 import pathlib
 import re
 
-from absl import logging
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
@@ -64,7 +63,7 @@ class PairedFusion(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._skip_bad = skip_bad
     self._ir_dtype = _DTYPES[ir_bit_depth]
     self._vis_dtype = _DTYPES[vis_bit_depth]
-    self.skipped: list[str] = []   # What the last build left out (skip_bad=True).
+    self.skipped: list[paired_folders.Skipped] = []   # What the last build left out (skip_bad=True).
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -84,22 +83,20 @@ class PairedFusion(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     del dl_manager  # The data is local.
     generators = {}
     for split, folder in self._splits.items():
-      scan = paired_folders.scan_folders(*paired_folders.pair_folders(folder), skip_bad=self._skip_bad)
+      scan = paired_folders.scan_folders(*paired_folders.pair_folders(folder), skip_bad=self._skip_bad,
+                                         check=self._check_pair)
       self.skipped.extend(scan.skipped)
       generators[split] = self._generate_examples(scan.pairs)
     return generators
 
+  def _check_pair(self, pair: images.ImagePair) -> None:
+    ir, vis = self._ir_image(pair.ir_path), self._vis_image(pair.vis_path)
+    paired_folders.pair_size(ir.size[::-1], vis.size[::-1], pair.ir_path, pair.vis_path)
+
   def _generate_examples(self, pairs):
+    # Every pair passed _check_pair in the scan.
     for pair in pairs:
-      try:
-        example = {'name': pair.name, 'ir': self._ir_image(pair.ir_path), 'vis': self._vis_image(pair.vis_path)}
-      except ValueError as e:
-        if not self._skip_bad:
-          raise
-        self.skipped.append(str(e))
-        logging.warning('Skipped: %s', e)
-        continue
-      yield pair.name, example
+      yield pair.name, {'name': pair.name, 'ir': self._ir_image(pair.ir_path), 'vis': self._vis_image(pair.vis_path)}
 
   def _ir_image(self, path: pathlib.Path) -> PIL.Image.Image:
     img = images.read_image(path)
@@ -121,7 +118,7 @@ class PairedFusion(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _check_dtype(img: np.ndarray, dtype, path: pathlib.Path, option: str) -> None:
   if img.dtype != dtype:
     bits = img.dtype.itemsize * 8
-    raise errors.DataConfigError(f'{path}: {bits}-bit image in a dataset built with {option}={np.iinfo(dtype).bits} '
+    raise images.PairError(f'{path}: {bits}-bit image in a dataset built with {option}={np.iinfo(dtype).bits} '
                      f'(rebuild with {option}={bits}, or skip_bad=True to leave it out)')
 
 
@@ -171,9 +168,8 @@ class PairSource:
       vis, _ = images.load_vis(io.BytesIO(record['vis']))
     except images.ImageReadError as e:
       raise images.ImageReadError(f'{self._where}, pair {name!r} (index {index}): {e}') from e
-    if ir.shape != vis.shape:
-      where = f'of pair {name!r} (index {index}) of {self._where}'
-      raise images.size_mismatch(where, ir.shape, where, vis.shape)
+    where = f'of pair {name!r} (index {index}) of {self._where}'
+    paired_folders.pair_size(ir.shape, vis.shape, where, where)
     return {'name': name, 'ir': ir, 'vis': vis}
 
   def __repr__(self) -> str:

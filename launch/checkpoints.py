@@ -20,6 +20,8 @@ from input_pipeline import errors
 PathLike = str | os.PathLike
 MODEL_KEYS = ('params', 'batch_stats')
 T = TypeVar('T')
+# {a family's former name: its name now}: checkpoints written before a rename still load and resume.
+FORMER_MODEL_NAMES = {'isfuse': 'cfi'}
 
 
 class CheckpointError(errors.ProjectError, ValueError):
@@ -77,6 +79,12 @@ def _check_config(config: Mapping[str, Any]) -> None:
     raise CheckpointError(f'checkpoint config needs keys {missing}; got {sorted(config)}')
 
 
+def with_current_model_name(config: Mapping[str, Any]) -> dict:
+  """A saved checkpoint config with its 'model' under the family's current name (older CFI ones say 'isfuse')."""
+  model = config.get('model')
+  return dict(config, model=FORMER_MODEL_NAMES.get(model, model)) if 'model' in config else dict(config)
+
+
 def save_inference_checkpoint(directory: PathLike, variables: Mapping[str, Any], config: Mapping[str, Any],
                               step: int = 0) -> pathlib.Path:
   """Writes model variables ({'params','batch_stats'}) and the config as one checkpoint step; returns its path.
@@ -131,8 +139,8 @@ def _restore(directory: PathLike, step: int | None, restore: Callable[[ocp.Check
 
 def restore_config(directory: PathLike, step: int | None = None) -> dict:
   """The JSON 'config' item of a checkpoint step (the newest readable one by default)."""
-  return _restore(directory, step, lambda manager, s: manager.restore(
-      s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config'])
+  return _restore(directory, step, lambda manager, s: with_current_model_name(manager.restore(
+      s, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']))
 
 
 def restore_model_variables(directory: PathLike, step: int | None = None) -> tuple[dict, dict]:
@@ -157,6 +165,6 @@ def _restore_variables(manager: ocp.CheckpointManager, directory: pathlib.Path, 
       state=ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                    partial_restore=True),
       config=ocp.args.JsonRestore()))
-  state, config = restored['state'], restored['config']
+  state, config = restored['state'], with_current_model_name(restored['config'])
   _check_config(config)
   return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}, config

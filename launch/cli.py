@@ -38,9 +38,9 @@ def _quiet(record: std_logging.LogRecord) -> bool:
 
 def define_pair_flags() -> tuple[flags.FlagHolder, ...]:
   """(--checkpoint, --step, --ir_dir, --vis_dir, --resize_to, --skip_bad): the flags of the fusion binaries
-  (launch.fuse, launch.evaluate), each defining them at its top."""
+  (launch.fuse, launch.evaluate_cfi), each defining them at its top."""
   return (
-      flags.DEFINE_string('checkpoint', None, 'Orbax checkpoint directory (launch.import_isfuse/train).'),
+      flags.DEFINE_string('checkpoint', None, 'Orbax checkpoint directory (launch.import_cfi_release/train).'),
       flags.DEFINE_integer('step', None, 'Checkpoint step; the newest readable one by default.'),
       flags.DEFINE_string('ir_dir', None, 'Folder of infrared images.'),
       flags.DEFINE_string('vis_dir', None, 'Folder of visible images.'),
@@ -85,4 +85,8 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       print(f'Error: {e}', file=sys.stderr)
       sys.exit(1)
 
-  app.run(main_with_error_policy)
+  try:
+    app.run(main_with_error_policy)
+  except errors.ProjectError as e:  # Raised while absl parses the flags, before main: a config file's get_config.
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(1)

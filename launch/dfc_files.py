@@ -13,7 +13,7 @@ from PIL import Image
 import tqdm
 
 from dfc_jax import evaluate as dfc_evaluate
-from dfc_jax import train as dfc_train
+from dfc_jax import steps as dfc_steps
 from input_pipeline import errors
 from input_pipeline import images
 from input_pipeline import pose_data
@@ -38,7 +38,7 @@ def transfer_paths(checkpoint, source, target, out, *, step: int | None = None, 
   """
   source, out = pathlib.Path(source), pathlib.Path(out)
   generator, g_params, size = dfc_task.load_generator(checkpoint, step)
-  run = jax.jit(functools.partial(dfc_train.transfer, generator=generator))
+  run = jax.jit(functools.partial(dfc_steps.transfer, generator=generator))
   appearance = video_frames.load_frame(target, size, crop)[None]
   if source.is_dir():
     frames = video_frames.list_frames(source)

@@ -1,6 +1,6 @@
 """Scoring fused infrared/visible images with the fusion metrics: pairs, fused files, reports and the grid.
 
-The library under launch.evaluate (no flags, no process exit; errors are ProjectErrors naming the file). A folder
+The library under launch.evaluate_cfi (no flags, no process exit; errors are ProjectErrors naming the file). A folder
 of fused images of any method (<name>.<ext> per pair, names as launch.fuse writes them) is scored against its
 sources, so every mode scores exactly what a file on disk holds.
 """
@@ -18,6 +18,7 @@ from cfi_jax import metrics_report
 from input_pipeline import errors
 from input_pipeline import grids
 from input_pipeline import images
+from input_pipeline import paired_folders
 from launch import fusion_files
 
 BASELINES = ('average', 'maximum')
@@ -38,13 +39,12 @@ def load_sources(ir_path: pathlib.Path, vis_path: pathlib.Path,
     ir, vis = _to_u8(images.read_image(ir_path)), _to_u8(images.read_image(vis_path))
   except images.ImageReadError as e:
     raise fusion_files.PairError(str(e)) from e
-  if ir.shape[:2] != vis.shape[:2]:
-    if resize_to is None:
-      raise fusion_files.size_mismatch(ir_path, ir.shape, vis_path, vis.shape)
-    if resize_to == 'ir':
-      vis = _resize_u8(vis, ir.shape[:2])
-    else:
-      ir = _resize_u8(ir, vis.shape[:2])
+  size = paired_folders.pair_size(ir.shape, vis.shape, ir_path, vis_path, resize_to=resize_to,
+                                  fix=images.RESIZE_FLAG)
+  if vis.shape[:2] != size:
+    vis = _resize_u8(vis, size)
+  if ir.shape[:2] != size:
+    ir = _resize_u8(ir, size)
   return ir, vis
 
 
@@ -136,7 +136,7 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
              *, method: str, baselines: bool, num_grid: int, resize_to: str | None, skip_bad: bool,
              skipped: list[tuple[str, str]]) -> dict[str, list[dict[str, object]]]:
   """Scores every pair with a fused image in fused_dir; writes the reports and the grid; returns the rows."""
-  pairs, unpaired = fusion_files.list_pairs(ir_dir, vis_dir, skip_bad)
+  pairs, unpaired = paired_folders.list_pairs(ir_dir, vis_dir, skip_bad=skip_bad)
   skipped.extend(entry for entry in unpaired if entry not in skipped)
   skipped_names = {name for name, _ in skipped}
   fused_index = index_fused(fused_dir)
@@ -149,7 +149,8 @@ def evaluate(ir_dir: str, vis_dir: str, fused_dir: pathlib.Path, output_dir: pat
     return ir, vis, load_fused(fused_index, fused_dir, pair.name, ir.shape[:2])
 
   todo = [p for p in pairs if p.name not in skipped_names]
-  for pair, (ir, vis, fused) in fusion_files.each_pair(todo, load, skip_bad, skipped, desc='scoring'):
+  for pair, (ir, vis, fused) in paired_folders.each_good_pair(todo, load, skip_bad=skip_bad, skipped=skipped,
+                                                              desc='scoring'):
     num_scored += 1
     for dialect in dialects:
       rows[dialect].extend({'name': pair.name, **r} for r in score_pair(fused, ir, vis, dialect, method, baselines))
@@ -170,7 +171,7 @@ def evaluate_folders(ir_dir: str, vis_dir: str, output_dir: str | pathlib.Path, 
                      method: str | None = None, baselines: bool = False, num_grid: int = 4,
                      resize_to: str | None = None, skip_bad: bool = False
                      ) -> tuple[dict[str, list[dict[str, object]]], list[tuple[str, str]]]:
-  """launch.evaluate: scores `fused_dir`, or first fuses every pair with `checkpoint` into output_dir/fused/.
+  """launch.evaluate_cfi: scores `fused_dir`, or first fuses every pair with `checkpoint` into output_dir/fused/.
 
   Returns (rows per dialect, skipped (name, reason)).
 

@@ -1,25 +1,23 @@
 """Fusing image files with an ISFuse model: pair loading, size reconciliation, folder fusion.
 
-Shared by launch.fuse and launch.evaluate (library code: no flags, no process exit; errors are ProjectErrors).
+Shared by launch.fuse and launch.evaluate_cfi (library code: no flags, no process exit; errors are ProjectErrors).
 """
 import os
 import pathlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-from absl import logging
 import numpy as np
-import tqdm
 
 from cfi_jax import bucketed
 from cfi_jax import inference
 from cfi_jax.model import ISFuse
 from input_pipeline import images
+from input_pipeline import paired_folders
 from launch import checkpoints
 
 
 PairError = images.PairError
-T = TypeVar('T')
 
 
 def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[ISFuse, dict[str, Any]]:
@@ -29,16 +27,10 @@ def load_model(checkpoint: str | os.PathLike, step: int | None = None) -> tuple[
     checkpoints.CheckpointError: no checkpoint there, or one of another model.
   """
   variables, config = checkpoints.restore_model_variables(checkpoint, step)
-  if config['model'] != 'isfuse':
-    raise checkpoints.CheckpointError(f'{checkpoint} holds a {config["model"]!r} model, not an ISFuse one; pass a '
-                                      'checkpoint of launch.train with a cfi config, or of launch.import_isfuse')
+  if config['model'] != 'cfi':
+    raise checkpoints.CheckpointError(f'{checkpoint} holds a {config["model"]!r} model, not a CFI one; pass a '
+                                      'checkpoint of launch.train with a cfi config, or of launch.import_cfi_release')
   return inference.model_from_config(config['model_config']), variables
-
-
-def size_mismatch(ir_path: pathlib.Path, ir_shape: tuple[int, ...], vis_path: pathlib.Path,
-                  vis_shape: tuple[int, ...]) -> PairError:
-  """The error for a pair whose images differ in size (without a resize_to choice)."""
-  return images.size_mismatch(ir_path, ir_shape, vis_path, vis_shape, images.RESIZE_FLAG)
 
 
 def load_pair(ir_path: pathlib.Path, vis_path: pathlib.Path,
@@ -49,18 +41,13 @@ def load_pair(ir_path: pathlib.Path, vis_path: pathlib.Path,
     vis_y, crcb = images.load_vis(vis_path)
   except images.ImageReadError as e:
     raise PairError(str(e)) from e
-  if ir.shape != vis_y.shape:
-    if resize_to is None:
-      raise size_mismatch(ir_path, ir.shape, vis_path, vis_y.shape)
-    if resize_to == 'ir':
-      vis_y = images.resize_image(vis_y, ir.shape)
-      crcb = None if crcb is None else images.resize_image(crcb, ir.shape)
-    else:
-      ir = images.resize_image(ir, vis_y.shape)
-  try:
-    bucketed.check_size(*ir.shape, what=f'{ir_path} / {vis_path}')
-  except bucketed.ImageTooSmallError as e:
-    raise PairError(str(e)) from e
+  size = paired_folders.pair_size(ir.shape, vis_y.shape, ir_path, vis_path, resize_to=resize_to,
+                                  fix=images.RESIZE_FLAG, check_size=bucketed.check_size)
+  if vis_y.shape != size:
+    vis_y = images.resize_image(vis_y, size)
+    crcb = None if crcb is None else images.resize_image(crcb, size)
+  if ir.shape != size:
+    ir = images.resize_image(ir, size)
   return ir, vis_y, crcb
 
 
@@ -76,29 +63,6 @@ def fuse_file(model: ISFuse, variables: Mapping[str, Any], ir_path: pathlib.Path
   _fuse_file(inference.BucketedFuser(model, variables), ir_path, vis_path, out_path, resize_to)
 
 
-def list_pairs(ir_dir: str, vis_dir: str, skip_bad: bool) -> tuple[list[images.ImagePair], list[tuple[str, str]]]:
-  """(pairs, skipped (file, reason)): the pairs of two folders; files without a partner are an error unless
-  skip_bad is set, which returns them as skipped."""
-  pairs, unpaired = images.pair_files(ir_dir, vis_dir, skip_unpaired=skip_bad)
-  return pairs, [tuple(line.partition(': ')[::2]) for line in unpaired]
-
-
-def each_pair(pairs: Sequence[images.ImagePair], work: Callable[[images.ImagePair], T], skip_bad: bool,
-              skipped: list[tuple[str, str]], desc: str) -> Iterator[tuple[images.ImagePair, T]]:
-  """(pair, work(pair)) for every pair, with a progress bar; a PairError stops the run, or with skip_bad is logged,
-  appended to `skipped` as (name, reason) and the pair left out."""
-  for pair in tqdm.tqdm(pairs, desc=desc, unit='pair'):
-    try:
-      result = work(pair)
-    except PairError as e:
-      if not skip_bad:
-        raise
-      logging.warning('Skipping pair %s: %s', pair.name, e)
-      skipped.append((pair.name, str(e)))
-      continue
-    yield pair, result
-
-
 def _fused_shape(pair: images.ImagePair, resize_to: str | None) -> tuple[int, int] | None:
   """(H, W) the network will see for a pair, from the headers (load_pair resizes to the IR unless told 'vis')."""
   return images.image_shape(pair.vis_path if resize_to == 'vis' else pair.ir_path)
@@ -107,7 +71,7 @@ def _fused_shape(pair: images.ImagePair, resize_to: str | None) -> tuple[int, in
 def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_dir: str, out_dir: str,
                 resize_to: str | None, skip_bad: bool) -> list[tuple[str, str]]:
   """Fuses every pair of two folders into out_dir; returns the skipped (name, reason) when skip_bad is set."""
-  pairs, skipped = list_pairs(ir_dir, vis_dir, skip_bad)
+  pairs, skipped = paired_folders.list_pairs(ir_dir, vis_dir, skip_bad=skip_bad)
   out_dir = pathlib.Path(out_dir)
   # One compiled program per bucket of sizes, so a folder of many sizes compiles a few times, not once per size;
   # the buckets are planned from the files' headers (unreadable ones fail, or are skipped, when they are loaded).
@@ -117,6 +81,6 @@ def fuse_folder(model: ISFuse, variables: Mapping[str, Any], ir_dir: str, vis_di
   def fuse(pair: images.ImagePair) -> None:
     _fuse_file(fuser, pair.ir_path, pair.vis_path, out_dir / f'{pair.name}.png', resize_to)
 
-  for _ in each_pair(pairs, fuse, skip_bad, skipped, desc='fusing'):
+  for _ in paired_folders.each_good_pair(pairs, fuse, skip_bad=skip_bad, skipped=skipped, desc='fusing'):
     pass
   return skipped

@@ -1,6 +1,6 @@
 """Importing the authors' released PyTorch ISFuse weights (best.pth) as an orbax inference checkpoint.
 
-The library under launch.import_isfuse (no flags, no process exit; errors are ProjectErrors naming the file).
+The library under launch.import_cfi_release (no flags, no process exit; errors are ProjectErrors naming the file).
 Needs the optional torch extra (pip install torch==2.13.0).
 """
 import pathlib
@@ -59,7 +59,7 @@ def import_state_dict(state_dict: Mapping[str, np.ndarray]) -> tuple[dict, dict,
   example = jnp.zeros((1, 32, 32, 1), jnp.float32)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), example, example, train=False))
   variables, ignored = torch_import.convert_state_dict(state_dict, shapes)
-  return variables, {'model': 'isfuse', 'model_config': model_config}, ignored
+  return variables, {'model': 'cfi', 'model_config': model_config}, ignored
 
 
 def import_checkpoint(torch_checkpoint: str, output_dir: str) -> pathlib.Path:

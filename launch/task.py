@@ -25,7 +25,8 @@ class Task(Protocol):
   """One model family trained by launch/trainer.py.
 
   Attributes:
-    name: the model name written into the checkpoint config as 'model' ('isfuse' | 'dfc').
+    name: the model name written into the checkpoint config as 'model' ('cfi' | 'dfc'; older
+      checkpoints may hold a former name, launch/checkpoints.FORMER_MODEL_NAMES).
     resumable_fields: dotted config paths that change how a step runs but not what it computes (CFI's
       view_batching), so a run may resume from a checkpoint written with other values (launch/trainer.py).
     added_field_defaults: {dotted config path: value} for fields added after checkpoints were already being

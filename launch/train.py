@@ -10,8 +10,10 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
+from input_pipeline import errors
 from launch import cli
 from launch import compile_cache
 from launch import trainer
@@ -37,6 +39,19 @@ def _initialize_distributed() -> None:
                              process_id=_PROCESS_ID.value)
 
 
+def _config() -> ml_collections.ConfigDict:
+  """--config's value. config_flags defers a file that could not be loaded to the first use of the config; here it
+  becomes a ConfigError naming the file."""
+  config = _CONFIG.value
+  try:
+    config.get("task")
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    raise errors.ConfigError(f"--config: the config file cannot be loaded ({reason}); pass e.g. "
+                             "--config=launch/configs/cfi.py:demo") from e
+  return config
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -44,7 +59,7 @@ def main(argv: list[str]) -> None:
   _initialize_distributed()
   logging.info("Process %d/%d, %d local / %d global devices.", jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  trainer.train_and_evaluate(_config(), _WORKDIR.value)
 
 
 if __name__ == "__main__":

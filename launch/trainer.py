@@ -262,7 +262,8 @@ def _restore_or_init(task, config, manager, iterator, mesh, init_key):
   resumable = resumable_fields(task)
 
   def restore(step: int):
-    saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    saved = checkpoints.with_current_model_name(
+        manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config)
     diffs = config_differences(saved, checkpoint_config(task, config), resumable, task.added_field_defaults)
     if diffs:
       raise CheckpointMismatchError(

@@ -15,10 +15,10 @@ from cfi_jax import inference
 from cfi_jax.model import ISFuse
 from dfc_jax import metrics as dfc_metrics
 from dfc_jax import model as dfc_model
-from dfc_jax import train as dfc_train
+from dfc_jax import steps as dfc_steps
 from input_pipeline import errors
 from launch import trainer
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 import linear_task
 
 _PRODUCTS = ('stablehlo.convolution', 'stablehlo.dot_general')
@@ -49,8 +49,8 @@ def test_dfc_transfer_and_metrics_run_at_highest():
   generator = dfc_model.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4))
   image = jnp.zeros((1, 32, 32, 3))
   params = jax.eval_shape(generator.init, jax.random.PRNGKey(0), image, image)['params']
-  assert _all_highest(jax.jit(functools.partial(dfc_train.transfer, generator=generator)).lower(params, image, image))
-  assert _all_highest(jax.jit(functools.partial(dfc_train.keypoints, generator=generator)).lower(params, image))
+  assert _all_highest(jax.jit(functools.partial(dfc_steps.transfer, generator=generator)).lower(params, image, image))
+  assert _all_highest(jax.jit(functools.partial(dfc_steps.keypoints, generator=generator)).lower(params, image))
   assert _all_highest(jax.jit(dfc_metrics.ssim).lower(image, image))
   lpips_params = jax.eval_shape(dfc_metrics.lpips_alex_params)
   assert _all_highest(jax.jit(dfc_metrics.lpips).lower(lpips_params, image, image))

@@ -11,11 +11,14 @@ VARIANTS is a comma-separated list applied in order (as big_vision's config argu
 
 The config holds values only; launch/tasks/cfi.py builds the library's dataclasses (cfi_jax.losses.LossConfig, the
 input pipeline's data config) from them. config.loss has LossConfig's defaults, config.data every field of
-input_pipeline.fusion_data.default_data_config() (tests/test_train_cfi.py keeps them in step).
+input_pipeline.fusion_data.default_data_config() (tests/test_launch_tasks_cfi.py keeps them in step).
 """
 import math
 
 import ml_collections
+
+# The one project import of this config: the error type (no dependencies of its own).
+from input_pipeline import errors
 
 # The release trains 50 epochs; RoadScene's training split (the likely training set) has 180 pairs.
 _PAPER_EPOCHS = 50
@@ -49,9 +52,9 @@ def get_config(variants: str = "demo") -> ml_collections.ConfigDict:
   names = [v.strip() for v in variants.split(",") if v.strip()]
   unknown = [v for v in names if v not in SIZE_VARIANTS + ABLATIONS]
   if unknown or not any(name in SIZE_VARIANTS for name in names):
-    raise ValueError(f"Config variants {variants!r}: need one or more of {', '.join(SIZE_VARIANTS)}, optionally with "
-                     f"an ablation ({', '.join(ABLATIONS)}), comma-separated" +
-                     (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    raise errors.ConfigArgumentError(
+        f"launch/configs/cfi.py:{variants}: need one or more of {', '.join(SIZE_VARIANTS)}, optionally with an "
+        f"ablation ({', '.join(ABLATIONS)}), comma-separated" + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
   config = _base_config()
   for name in names:
     if name in ABLATIONS:
@@ -79,9 +82,9 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict(dict(grid_pairs=4, crop_size=256, dialect="tang2023"))
   config.keep_checkpoints = 3
   # How the five views run inside the jitted step: 'vmap', 'loop' or 'auto' (loop on CPU, vmap on accelerators);
-  # the same computation either way (cfi_jax/train.py).
+  # the same computation either way (cfi_jax/steps.py).
   config.view_batching = "auto"
-  # "views": the backward pass recomputes one view's forward at a time (cfi_jax/train.py apply_views), so only one
+  # "views": the backward pass recomputes one view's forward at a time (cfi_jax/steps.py apply_views), so only one
   # view's activations are alive: the paper step needs 8.1 GiB on a TPU v5e instead of 24 GB, at 1.33x the FLOPs
   # and (XLA's count) 2.3x the bytes. "none" keeps every activation: faster where it fits (v5p, H100). The same
   # computation either way.
@@ -119,7 +122,7 @@ def _apply_size_variant(config: ml_collections.ConfigDict, variant: str) -> None
     # - L_f's intensity term L1(F, max(vis, ir)) instead of the release's L1(F, vis) + L1(F, ir), which is flat
     #   between the sources and left warm targets at any brightness between their IR and visible values;
     # - the gradients clipped to norm 1: at initialisation the modality-dropout views give the first encoder
-    #   stages float32-rounding gradients ~1e7 (cfi_jax.train.make_optimizer), which froze them through Adam;
+    #   stages float32-rounding gradients ~1e7 (cfi_jax.steps.make_optimizer), which froze them through Adam;
     # - evaluation mode normalises with the running statistics of the clean pass only: the release's mix with the
     #   zero-input views gave noisier fusions.
     config.model.features = 8

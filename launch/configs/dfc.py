@@ -1,6 +1,7 @@
-"""DFC-Net training configs: `python -m launch.train --config=launch/configs/dfc.py:VARIANT --workdir=DIR`.
+"""DFC-Net training configs: `python -m launch.train --config=launch/configs/dfc.py:VARIANTS --workdir=DIR`.
 
-Variants:
+VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py: e.g. `:frames,smoke` is the video
+frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, 500 steps (measured: see README's DFC-Net table, with the time it took
          on one contended CPU core). The copy shortcuts are off (all of the target's features reach the generator
@@ -38,23 +39,50 @@ Not in the design, off in the paper variant, on in the demo:
   a normalised perceptual loss, --config.loss.perceptual_normalize=True, on an image pyramid of
     --config.loss.perceptual_scales levels.
 Supervising the pose encoder with the renderer's joints is not implemented: the keypoints are learned.
-"""
-import dataclasses
 
+The config holds values only: config.loss has dfc_jax.losses.LossConfig's defaults and the frames fields of
+config.data input_pipeline.pose_data.FRAMES_DEFAULTS (tests/test_launch_tasks_dfc.py keeps them in step).
+"""
 import ml_collections
 
-from dfc_jax import losses
-from input_pipeline import pose_data
+# The one project import of this config: the error type (no dependencies of its own).
+from input_pipeline import errors
 
 
 def _loss_defaults() -> ml_collections.ConfigDict:
-  # use_support follows config.data.support (one switch for the data and its losses).
-  return ml_collections.ConfigDict({f.name: getattr(losses.LossConfig(), f.name)
-                                    for f in dataclasses.fields(losses.LossConfig) if f.name != 'use_support'})
+  """dfc_jax.losses.LossConfig's defaults; use_support follows config.data.support (one switch for the data and its
+  losses)."""
+  return ml_collections.ConfigDict(dict(
+      l1=10.0, perceptual=10.0, vgg_layers=5, perceptual_normalize=False, perceptual_scales=1, adversarial=1.0,
+      feature_matching=10.0, adversarial_warmup_steps=0, adversarial_ramp_steps=0, pose_consistency=1.0,
+      static_consistency=1.0, self_reconstruction=10.0, support=1.0, equivariance=0.0, equivariance_rotation=15.0,
+      equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0, separation_sigma=0.1, gan_type='hinge',
+      use_consistency=True))
 
 
-def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
-  """The config of `variant` ('smoke' | 'demo' | 'paper' | 'frames')."""
+# input_pipeline.pose_data.FRAMES_DEFAULTS: the video-frames fields of config.data.
+_FRAMES_DEFAULTS = {'frames_dir': None, 'test_frames_dir': None, 'support_frames_dir': None, 'crop': 'center',
+                    'holdout_fraction': 0.1, 'cache_frames': True}
+
+
+VARIANTS = ('smoke', 'demo', 'paper', 'frames')
+
+
+def get_config(variants: str = 'demo') -> ml_collections.ConfigDict:
+  """The config of comma-separated `variants` (each of VARIANTS; see the module docstring), applied in order."""
+  names = [v.strip() for v in variants.split(',') if v.strip()]
+  unknown = [v for v in names if v not in VARIANTS]
+  if unknown or not names:
+    raise errors.ConfigArgumentError(
+        f"launch/configs/dfc.py:{variants}: need one or more of {', '.join(VARIANTS)}, comma-separated" +
+        (f"; unknown: {', '.join(unknown)}" if unknown else ''))
+  config = _base_config()
+  for name in names:
+    _apply_variant(config, name)
+  return config
+
+
+def _base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = 'dfc'
   config.seed = 0
@@ -76,7 +104,7 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
       frames_per_animation=32, support=True, workers=2))
   # Video frames (data.name='frames'); unset paths are typed so that flags can set them.
   config.data.update({k: ml_collections.FieldReference(v, field_type=str) if v is None else v
-                      for k, v in pose_data.FRAMES_DEFAULTS.items()})
+                      for k, v in _FRAMES_DEFAULTS.items()})
   # Training-time evaluation on the puppet test splits; keypoint error maps learned keypoints to true joints with a
   # regressor fitted on calibration_samples renders of the train split.
   config.eval = ml_collections.ConfigDict(dict(
@@ -89,7 +117,10 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
   # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's default, one bfloat16 pass on
   # TPUs and TF32 on recent NVIDIA GPUs (float32 on CPUs). Evaluation and transfer always run at 'highest'.
   config.matmul_precision = 'default'
+  return config
 
+
+def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   if variant == 'smoke':
     config.model.num_keypoints = 4
     config.model.pose_widths = (4, 8, 8)
@@ -153,6 +184,3 @@ def get_config(variant: str = 'demo') -> ml_collections.ConfigDict:
     config.eval.num_samples = 512
     if variant == 'frames':
       config.data.update(name='frames', support=False)
-  else:
-    raise ValueError(f"Unknown variant {variant!r}; choose smoke, demo, paper or frames.")
-  return config

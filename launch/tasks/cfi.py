@@ -12,7 +12,7 @@ from cfi_jax import inference
 from cfi_jax import interventions
 from cfi_jax import losses
 from cfi_jax import metrics as fusion_metrics
-from cfi_jax import train as cfi_train
+from cfi_jax import steps as cfi_steps
 from input_pipeline import errors
 from input_pipeline import fusion_data
 from input_pipeline import grids
@@ -32,12 +32,12 @@ class CFITask(task_lib.Task):
   """Trains ISFuse with the CFI interventions and losses; evaluates with the fusion metrics.
 
   Evaluation fuses the held-out pairs (config.data.num_eval of them), centre-cropped to one common size (at most
-  config.eval.crop_size) so that the network and the metrics compile once; full-size evaluation is launch.evaluate's
+  config.eval.crop_size) so that the network and the metrics compile once; full-size evaluation is launch.evaluate_cfi's
   job. The grid shows IR | VIS | fused for the first config.eval.grid_pairs of them.
   """
 
-  name = "isfuse"
-  # Looped, vmapped or recomputed views compute the same step (cfi_jax/train.py), and cached pairs are the same
+  name = "cfi"
+  # Looped, vmapped or recomputed views compute the same step (cfi_jax/steps.py), and cached pairs are the same
   # pairs, so a run may switch between them.
   resumable_fields = frozenset({"view_batching", "remat", "data.cache_decoded"})
   # Checkpoints written before these fields existed trained as the release does: every view fed the running
@@ -55,9 +55,11 @@ class CFITask(task_lib.Task):
       raise errors.ConfigError(f"config.ablation / config.loss / config.model: {e}") from e
     overridden = {k: v for k, v in ablation_model_kwargs.items() if config.model.get(k) != v}
     if overridden:
-      logging.warning("config.ablation=%s sets model fields %s that the config says otherwise; the config variant "
-                      "',%s' (e.g. launch/configs/cfi.py:demo,%s) sets both, so the saved config says what trains.",
-                      config.ablation, overridden, config.ablation, config.ablation)
+      # E.g. --config.ablation=no_cfi alone: the ablation decides, and the config (saved in every checkpoint as the
+      # experiment) is made to say so.
+      logging.warning("config.ablation=%s sets model fields %s that the config said otherwise; the saved config "
+                      "records the values that train.", config.ablation, overridden)
+      config.model.update(overridden)
     self._eval_pairs = None
 
   def model_config(self) -> dict[str, Any]:
@@ -67,16 +69,16 @@ class CFITask(task_lib.Task):
     return fusion_data.make_train_dataset(self.config.data, seed=seed, batch_size=self.config.batch_size,
                                           process_index=process_index, process_count=process_count)
 
-  def init_state(self, key: jax.Array, example_batch) -> cfi_train.TrainState:
-    tx = cfi_train.make_optimizer(self.config.optimizer)
-    return cfi_train.create_train_state(key, self.model, tx, image_shape=(1, *example_batch["vis"].shape[1:]))
+  def init_state(self, key: jax.Array, example_batch) -> cfi_steps.TrainState:
+    tx = cfi_steps.make_optimizer(self.config.optimizer)
+    return cfi_steps.create_train_state(key, self.model, tx, image_shape=(1, *example_batch["vis"].shape[1:]))
 
   def train_step(self, state, batch, key):
     return self.train_step_for(jax.default_backend())(state, batch, key)
 
   def train_step_for(self, platform: str):
-    return functools.partial(cfi_train.train_step, model=self.model, loss_config=self.loss_config,
-                             view_batching=cfi_train.resolve_view_batching(self.config.view_batching, platform),
+    return functools.partial(cfi_steps.train_step, model=self.model, loss_config=self.loss_config,
+                             view_batching=cfi_steps.resolve_view_batching(self.config.view_batching, platform),
                              running_stats=self.config.running_stats, remat=self.config.remat)
 
   def eval_pairs(self) -> list[dict[str, Any]]:
@@ -107,7 +109,7 @@ class CFITask(task_lib.Task):
 
   def write_samples(self, directory: pathlib.Path) -> None:
     """Saves the first config.eval.grid_pairs held-out pairs (as evaluated) as ir/<i>.png and vi/<i>.png: a paired
-    folder that launch.fuse and launch.evaluate read."""
+    folder that launch.fuse and launch.evaluate_cfi read."""
     for sub in ("ir", "vi"):
       (directory / sub).mkdir(parents=True, exist_ok=True)
     for i, pair in enumerate(self.eval_pairs()[:self.config.eval.grid_pairs]):

@@ -19,7 +19,7 @@ from dfc_jax import evaluate as dfc_evaluate
 from dfc_jax import joint_regressor
 from dfc_jax import losses
 from dfc_jax import model as model_lib
-from dfc_jax import train as dfc_train
+from dfc_jax import steps as dfc_steps
 from input_pipeline import pose_data
 from input_pipeline import puppets
 from launch import checkpoints
@@ -145,17 +145,17 @@ class DFCTask(task_lib.Task):
     return pose_data.make_train_dataset(self.config.data, seed=seed, batch_size=self.config.batch_size,
                                         process_index=process_index, process_count=process_count)
 
-  def init_state(self, key: jax.Array, example_batch) -> dfc_train.TrainState:
+  def init_state(self, key: jax.Array, example_batch) -> dfc_steps.TrainState:
     opt = self.config.optimizer
-    make_tx = lambda rate: dfc_train.make_optimizer(rate, opt.b1, opt.b2, self.config.num_steps,  # noqa: E731
+    make_tx = lambda rate: dfc_steps.make_optimizer(rate, opt.b1, opt.b2, self.config.num_steps,  # noqa: E731
                                                     opt.decay_start)
-    return dfc_train.create_train_state(key, self.generator, self.discriminator, make_tx(opt.learning_rate),
+    return dfc_steps.create_train_state(key, self.generator, self.discriminator, make_tx(opt.learning_rate),
                                         make_tx(opt.learning_rate * opt.d_learning_rate_ratio),
                                         image_shape=(1, *example_batch['source'].shape[1:]))
 
   def train_step(self, state, batch, key):
     # Only the equivariance prior's transforms use the key; the samples' randomness comes from the data pipeline.
-    return dfc_train.train_step(state, batch, generator=self.generator, discriminator=self.discriminator,
+    return dfc_steps.train_step(state, batch, generator=self.generator, discriminator=self.discriminator,
                                 config=self.loss_config, vgg_params=self._vgg_params, key=key)
 
   def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray | None]:

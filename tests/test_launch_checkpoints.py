@@ -10,7 +10,7 @@ import pytest
 
 from launch import checkpoints
 
-CONFIG = {'model': 'isfuse', 'model_config': {'features': 8}}
+CONFIG = {'model': 'cfi', 'model_config': {'features': 8}}
 
 
 def _variables(seed=0):
@@ -94,4 +94,4 @@ def test_restore_errors_name_the_directory(tmp_path):
   with pytest.raises(checkpoints.CheckpointNotFoundError, match='empty.*no checkpoint steps'):
     checkpoints.restore_model_variables(tmp_path / 'empty')
   with pytest.raises(checkpoints.CheckpointError, match='model_config'):
-    checkpoints.save_inference_checkpoint(tmp_path / 'bad', _variables(), {'model': 'isfuse'})
+    checkpoints.save_inference_checkpoint(tmp_path / 'bad', _variables(), {'model': 'cfi'})

@@ -1,4 +1,4 @@
-"""ISFuse train and eval steps: the clean batch and its interventions as one XLA program.
+"""ISFuse's train step as pure functions: the clean batch and its interventions as one XLA program.
 
 The release runs five separate train-mode forward passes per step (clean, complementary, random, VIS-dropped,
 IR-dropped). Here the views are stacked on a leading axis and the whole step compiles to one program; each view is

@@ -6,7 +6,7 @@ import pytest
 
 from cfi_jax import ops
 from cfi_jax.model import ISFuse
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 
 
 @jax.jit

@@ -1,6 +1,6 @@
 r"""Imports the authors' released PyTorch ISFuse weights (best.pth) into an orbax checkpoint.
 
-  python -m launch.import_isfuse --torch_checkpoint=PATH/best.pth --output_dir=DIR
+  python -m launch.import_cfi_release --torch_checkpoint=PATH/best.pth --output_dir=DIR
 
 Needs the optional torch extra (pip install torch==2.13.0). The checkpoint holds {'params', 'batch_stats'} and the
 model config, and restores with launch.checkpoints.restore_model_variables (e.g. `launch.fuse --checkpoint=DIR`).

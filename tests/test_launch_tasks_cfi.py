@@ -1,5 +1,5 @@
 """The CFI task in the shared loop: sharded vs single-device steps, and launch.train end to end in subprocesses
-(smoke run -> launch.fuse / launch.evaluate, SIGKILL + exact resume)."""
+(smoke run -> launch.fuse / launch.evaluate_cfi, SIGKILL + exact resume)."""
 import copy
 import dataclasses
 import functools
@@ -19,6 +19,7 @@ from PIL import Image
 import pytest
 
 from cfi_jax import losses
+from input_pipeline import errors
 from input_pipeline import fusion_data
 from launch import checkpoints
 from launch import tasks
@@ -118,7 +119,7 @@ def test_smoke_run_writes_checkpoints_logs_and_eval(smoke_run):
   assert [r["step"] for r in records if r["split"] == "train"] == list(
       range(config.log_every, config.num_steps + 1, config.log_every))
   variables, saved_config = checkpoints.restore_model_variables(smoke_run / "checkpoints")
-  assert saved_config["model"] == "isfuse" and saved_config["model_config"]["features"] == config.model.features
+  assert saved_config["model"] == "cfi" and saved_config["model_config"]["features"] == config.model.features
   assert jax.tree.leaves(variables["batch_stats"])
 
 
@@ -130,7 +131,7 @@ def test_fuse_and_evaluate_on_trained_checkpoint(smoke_run, repo_root, compile_c
   fused, ir = np.asarray(Image.open(out)), np.asarray(Image.open(samples / "ir/0.png"))
   assert fused.shape == ir.shape and fused.dtype == np.uint8 and fused.std() > 0
 
-  _run(["-m", "launch.evaluate", f"--checkpoint={checkpoint}", f"--ir_dir={samples / 'ir'}",
+  _run(["-m", "launch.evaluate_cfi", f"--checkpoint={checkpoint}", f"--ir_dir={samples / 'ir'}",
         f"--vis_dir={samples / 'vi'}", f"--output_dir={tmp_path / 'eval'}"], repo_root, _env(compile_cache))
   assert "EN" in (tmp_path / "eval" / "summary.md").read_text()
   assert sorted(p.name for p in (tmp_path / "eval" / "fused").iterdir()) == ["0.png", "1.png"]
@@ -178,9 +179,15 @@ def test_config_variants_combine_and_the_ablation_says_what_it_changes():
   # What trains is what the saved config says.
   assert tasks.make_task(no_cfi).model_config()["use_cfi"] is False
   assert cfi_configs.get_config("smoke,no_inv").model.use_cfi is True
-  with pytest.raises(ValueError, match="unknown: bogus"):
+  # The ablation set on its own (--config.ablation=no_cfi): the saved experiment says what trains too.
+  overridden = cfi_configs.get_config("smoke")
+  overridden.lock()  # as launch.train's config flag is
+  overridden.ablation = "no_cfi"
+  saved = trainer.checkpoint_config(tasks.make_task(overridden), overridden)
+  assert saved["model_config"]["use_cfi"] is False and saved["experiment"]["model"]["use_cfi"] is False
+  with pytest.raises(errors.ConfigArgumentError, match="unknown: bogus"):
     cfi_configs.get_config("smoke,bogus")
-  with pytest.raises(ValueError, match="need one or more of smoke, demo, paper"):
+  with pytest.raises(errors.ConfigArgumentError, match="need one or more of smoke, demo, paper"):
     cfi_configs.get_config("no_cfi")
 
 

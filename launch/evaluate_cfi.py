@@ -1,7 +1,9 @@
 r"""Scores fused infrared/visible images with the fusion metrics, in one or several dialects.
 
-  python -m launch.evaluate --fused_dir=FUSED --ir_dir=IR --vis_dir=VIS --output_dir=OUT [--dialect=tang2023,cddfuse]
-  python -m launch.evaluate --checkpoint=CKPT --ir_dir=IR --vis_dir=VIS --output_dir=OUT [--baselines] [--num_grid=4]
+  python -m launch.evaluate_cfi --fused_dir=FUSED --ir_dir=IR --vis_dir=VIS --output_dir=OUT \
+      [--dialect=tang2023,cddfuse]
+  python -m launch.evaluate_cfi --checkpoint=CKPT --ir_dir=IR --vis_dir=VIS --output_dir=OUT [--baselines] \
+      [--num_grid=4]
 
 --fused_dir scores existing fused images of any method (<name>.<ext> per pair, names as launch.fuse writes them);
 --checkpoint first fuses every pair with an ISFuse checkpoint into OUT/fused/ and scores those files, so both modes

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfi_jax import interventions
 from cfi_jax import losses
-from cfi_jax import train
+from cfi_jax import steps as cfi_steps
 from cfi_jax import torch_import
 from cfi_jax.model import ISFuse
 
@@ -38,7 +38,7 @@ def _random_running_stats(batch_stats, key):
                                       for k, leaf in zip(keys, leaves)])
 
 
-_apply_views = jax.jit(train.apply_views, static_argnums=(0, 5))
+_apply_views = jax.jit(cfi_steps.apply_views, static_argnums=(0, 5))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -73,11 +73,11 @@ def test_batched_views_equal_sequential_passes(view_batching):
     for g_vmapped, g in zip(outputs.gates, out.gates):
       np.testing.assert_allclose(g_vmapped[k], g, atol=3 * atol, rtol=0, err_msg=name)
 
-  layers = train.batchnorm_layers(MODEL, params, batch_stats, SHAPE, SHAPE)
-  assert layers[('encoder_vis', 'stage1', 'block0', 'bn')] == train.BatchNormLayer(count=2 * 32 * 32, momentum=0.9)
+  layers = cfi_steps.batchnorm_layers(MODEL, params, batch_stats, SHAPE, SHAPE)
+  assert layers[('encoder_vis', 'stage1', 'block0', 'bn')] == cfi_steps.BatchNormLayer(count=2 * 32 * 32, momentum=0.9)
   assert layers[('cfi3', 'gate', 'bn')].count == 2 * 8 * 8
   # flax's sequential updates keep the biased variance; with unbiased_var=False the reduction must equal them.
-  merged = train.merge_batch_stats(batch_stats, updates, layers, unbiased_var=False)
+  merged = cfi_steps.merge_batch_stats(batch_stats, updates, layers, unbiased_var=False)
   _assert_trees_close(merged, stats, rtol=2e-5, atol=1e-6)
 
 
@@ -94,8 +94,8 @@ def test_merged_statistics_follow_pytorch_running_updates():
     return bn.apply({'params': params, 'batch_stats': zeros}, x, mutable=['batch_stats'])[1]
 
   updates = jax.vmap(update)(jnp.asarray(data))['batch_stats']
-  layers = {(): train.BatchNormLayer(count=4 * 5 * 5, momentum=0.9)}
-  merged = train.merge_batch_stats(start, updates, layers)
+  layers = {(): cfi_steps.BatchNormLayer(count=4 * 5 * 5, momentum=0.9)}
+  merged = cfi_steps.merge_batch_stats(start, updates, layers)
   mean, var = start['mean'].astype(np.float64), start['var'].astype(np.float64)
   for x in data:
     flat = x.reshape(-1, 2).astype(np.float64)
@@ -104,7 +104,7 @@ def test_merged_statistics_follow_pytorch_running_updates():
   np.testing.assert_allclose(merged['mean'], mean, rtol=1e-5)
   np.testing.assert_allclose(merged['var'], var, rtol=1e-5)
   with pytest.raises(ValueError, match='unbiased variance'):
-    train.merge_batch_stats(start, updates, {(): train.BatchNormLayer(count=1, momentum=0.9)})
+    cfi_steps.merge_batch_stats(start, updates, {(): cfi_steps.BatchNormLayer(count=1, momentum=0.9)})
 
 
 def test_outputs_and_running_statistics_match_the_pytorch_twin(repo_root):
@@ -130,8 +130,8 @@ def test_outputs_and_running_statistics_match_the_pytorch_twin(repo_root):
   # which differs between PyTorch and XLA.
   num_views = 3
   updates = jax.tree.map(lambda u: u[:num_views], updates)
-  layers = train.batchnorm_layers(MODEL, variables['params'], variables['batch_stats'], SHAPE, SHAPE)
-  merged = train.merge_batch_stats(variables['batch_stats'], updates, layers)
+  layers = cfi_steps.batchnorm_layers(MODEL, variables['params'], variables['batch_stats'], SHAPE, SHAPE)
+  merged = cfi_steps.merge_batch_stats(variables['batch_stats'], updates, layers)
 
   nchw = lambda x: torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   with torch.no_grad():
@@ -144,19 +144,19 @@ def test_outputs_and_running_statistics_match_the_pytorch_twin(repo_root):
 
 def test_make_optimizer_is_adam_with_release_defaults():
   grads = {'w': jnp.asarray([2.0, -3.0])}
-  tx = train.make_optimizer()
+  tx = cfi_steps.make_optimizer()
   updates, _ = tx.update(grads, tx.init(grads))
   # Adam's first step moves every parameter by lr against the sign of its gradient.
   np.testing.assert_allclose(updates['w'], [-1e-4, 1e-4], rtol=1e-4)
-  faster = train.make_optimizer({'learning_rate': 1e-3})
+  faster = cfi_steps.make_optimizer({'learning_rate': 1e-3})
   np.testing.assert_allclose(faster.update(grads, faster.init(grads))[0]['w'], [-1e-3, 1e-3], rtol=1e-4)
 
 
 def _first_stage_bias_second_moments(clip_grad_norm: float) -> np.ndarray:
   """Adam's second moment of the encoders' first BatchNorm biases after the first step of the full loss."""
-  tx = train.make_optimizer({'learning_rate': 1e-3, 'clip_grad_norm': clip_grad_norm})
-  state = train.create_train_state(jax.random.key(0), MODEL, tx, SHAPE)
-  state, _ = jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig()))(
+  tx = cfi_steps.make_optimizer({'learning_rate': 1e-3, 'clip_grad_norm': clip_grad_norm})
+  state = cfi_steps.create_train_state(jax.random.key(0), MODEL, tx, SHAPE)
+  state, _ = jax.jit(functools.partial(cfi_steps.train_step, model=MODEL, loss_config=losses.LossConfig()))(
       state, _pattern_batch(), jax.random.key(1))
   adam_state = state.opt_state[-1] if clip_grad_norm > 0 else state.opt_state
   nu = adam_state[0].nu
@@ -178,9 +178,10 @@ def trained():
   mesh = jax.make_mesh((2,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:2])
   data_sharding, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
   batch = jax.device_put(_pattern_batch(), data_sharding)
-  state = train.create_train_state(jax.random.key(0), MODEL, train.make_optimizer({'learning_rate': 1e-3}), SHAPE)
+  tx = cfi_steps.make_optimizer({'learning_rate': 1e-3})
+  state = cfi_steps.create_train_state(jax.random.key(0), MODEL, tx, SHAPE)
   initial = state = jax.device_put(state, replicated)
-  step = jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig()),
+  step = jax.jit(functools.partial(cfi_steps.train_step, model=MODEL, loss_config=losses.LossConfig()),
                  out_shardings=(replicated, replicated))
   history = []
   for i in range(50):
@@ -223,10 +224,10 @@ def test_trained_running_statistics_change_the_eval_mode_output(trained):
 def test_vmap_and_loop_steps_compute_the_same_update():
   """Same losses, gradients (plain SGD makes the update the gradient) and running statistics in both modes."""
   batch = _pattern_batch()
-  state = train.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
+  state = cfi_steps.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
   new = {}
   for mode in ('vmap', 'loop'):
-    step = jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig(),
+    step = jax.jit(functools.partial(cfi_steps.train_step, model=MODEL, loss_config=losses.LossConfig(),
                                      view_batching=mode))
     new[mode] = step(state, batch, jax.random.key(4))
   (vmapped, vmapped_metrics), (looped, looped_metrics) = new['vmap'], new['loop']
@@ -243,11 +244,11 @@ def test_clean_view_running_stats_come_from_the_clean_pass_only():
   """Same step as the release's except the running statistics: one momentum update with the clean batch's own
   statistics (flax's BatchNorm update on the clean pass, with PyTorch's unbiased variance)."""
   batch = _pattern_batch()
-  state = train.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
+  state = cfi_steps.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
   state = state.replace(batch_stats=_random_running_stats(state.batch_stats, jax.random.key(5)))
-  steps = {mode: jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig(),
+  steps = {mode: jax.jit(functools.partial(cfi_steps.train_step, model=MODEL, loss_config=losses.LossConfig(),
                                            view_batching='loop', running_stats=mode))(state, batch, jax.random.key(4))
-           for mode in train.RUNNING_STATS_MODES}
+           for mode in cfi_steps.RUNNING_STATS_MODES}
   (release, release_metrics), (clean, clean_metrics) = steps['all_views'], steps['clean_view']
   for name in release_metrics:
     np.testing.assert_allclose(clean_metrics[name], release_metrics[name], rtol=1e-6, err_msg=name)
@@ -255,7 +256,7 @@ def test_clean_view_running_stats_come_from_the_clean_pass_only():
 
   _, flax_update = _one_pass(MODEL, {'params': state.params, 'batch_stats': state.batch_stats}, batch['vis'],
                              batch['ir'])
-  layers = train.batchnorm_layers(MODEL, state.params, state.batch_stats, SHAPE, SHAPE)
+  layers = cfi_steps.batchnorm_layers(MODEL, state.params, state.batch_stats, SHAPE, SHAPE)
   old, flax_new = traverse_util.flatten_dict(state.batch_stats), traverse_util.flatten_dict(flax_update['batch_stats'])
   got, release_stats = traverse_util.flatten_dict(clean.batch_stats), traverse_util.flatten_dict(release.batch_stats)
   for path, r in old.items():
@@ -266,14 +267,14 @@ def test_clean_view_running_stats_come_from_the_clean_pass_only():
     np.testing.assert_allclose(got[path], expected, rtol=1e-4, atol=1e-5, err_msg='/'.join(path))
   assert any(np.abs(got[p] - release_stats[p]).max() > 1e-3 for p in got)
   with pytest.raises(ValueError, match='running_stats'):
-    train.train_step(state, batch, jax.random.key(4), model=MODEL, loss_config=losses.LossConfig(),
+    cfi_steps.train_step(state, batch, jax.random.key(4), model=MODEL, loss_config=losses.LossConfig(),
                      running_stats='clean')
 
 
 def test_resolve_view_batching():
-  assert train.resolve_view_batching('auto', 'cpu') == 'loop'
-  assert train.resolve_view_batching('auto', 'gpu') == 'vmap'
-  assert train.resolve_view_batching('auto', 'tpu') == 'vmap'
-  assert train.resolve_view_batching('vmap', 'cpu') == 'vmap'
+  assert cfi_steps.resolve_view_batching('auto', 'cpu') == 'loop'
+  assert cfi_steps.resolve_view_batching('auto', 'gpu') == 'vmap'
+  assert cfi_steps.resolve_view_batching('auto', 'tpu') == 'vmap'
+  assert cfi_steps.resolve_view_batching('vmap', 'cpu') == 'vmap'
   with pytest.raises(ValueError, match='view_batching'):
-    train.resolve_view_batching('sequential')
+    cfi_steps.resolve_view_batching('sequential')

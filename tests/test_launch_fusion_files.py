@@ -1,18 +1,18 @@
 """File fusion (launch.fusion_files: single and folder mode, colour, bit depths, bad input), the fuse binary's
-error policy, and the weight importer's checks (launch.release_weights)."""
+error policy, and fusing with the imported release weights."""
 import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
 
-from cfi_jax import torch_import
 from cfi_jax.model import ISFuse
 from input_pipeline import errors
 from input_pipeline import images
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 from launch import checkpoints
 from launch import fusion_files
 from launch import release_weights
@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
   final['kernel'] = np.zeros_like(final['kernel'])
   final['bias'] = np.full_like(final['bias'], np.log(CONSTANT / (1 - CONSTANT)))
   directory = tmp_path_factory.mktemp('tiny') / 'ckpt'
-  checkpoints.save_inference_checkpoint(directory, variables, {'model': 'isfuse', 'model_config': {'features': 8}})
+  checkpoints.save_inference_checkpoint(directory, variables, {'model': 'cfi', 'model_config': {'features': 8}})
   model, variables = fusion_files.load_model(directory)
   return directory, model, variables
 
@@ -159,11 +159,21 @@ def test_folder_mode_skip_bad(tiny, tmp_path):
 def test_load_model_refuses_other_models_and_non_checkpoints(tmp_path):
   checkpoints.save_inference_checkpoint(tmp_path / 'dfc', random_variables(ISFuse(features=8)),
                                         {'model': 'dfc', 'model_config': {}})
-  with pytest.raises(checkpoints.CheckpointError, match=r"holds a 'dfc' model, not an ISFuse one"):
+  with pytest.raises(checkpoints.CheckpointError, match=r"holds a 'dfc' model, not a CFI one"):
     fusion_files.load_model(tmp_path / 'dfc')
   (tmp_path / 'photos').mkdir()
   with pytest.raises(checkpoints.CheckpointNotFoundError, match='photos holds no checkpoint steps'):
     fusion_files.load_model(tmp_path / 'photos')
+
+
+def test_checkpoints_that_name_the_model_isfuse_still_load(tiny, tmp_path):
+  # Written before the family was named 'cfi' everywhere (launch.import_isfuse, launch.train with model 'isfuse').
+  _, model, variables = tiny
+  old_config = {'model': 'isfuse', 'model_config': {'features': 8}}
+  checkpoints.save_inference_checkpoint(tmp_path / 'old', variables, old_config)
+  old_model, old_variables = fusion_files.load_model(tmp_path / 'old')
+  assert old_model == model
+  jax.tree.map(np.testing.assert_array_equal, old_variables, variables)
 
 
 def _fuse_binary(*args):
@@ -201,35 +211,8 @@ def test_command_line_errors_are_one_line(tiny, tmp_path):
     assert len(errors_printed) == 1 and message in errors_printed[0], result.stderr[-2000:]
 
 
-@pytest.fixture(scope='module')
-def release_state_dict(shared_dir):
+def test_fuse_with_imported_release_weights(shared_dir, tmp_path):
   pytest.importorskip('torch')
-  return release_weights.load_torch_state_dict(str(shared_dir / 'isfuse_reference' / 'best.pth'))
-
-
-def test_importer_names_key_and_shape_mismatches(release_state_dict, tmp_path):
-  torch = pytest.importorskip('torch')
-  state = {k: torch.from_numpy(v) for k, v in release_state_dict.items()}
-  state['cfi3.extra.weight'] = torch.zeros(3)
-  state['cfi4.q_v.weight'] = torch.zeros(32, 16, 1, 1)
-  del state['final_decoder.0.bias']
-  torch.save(state, tmp_path / 'bad.pth')
-  with pytest.raises(release_weights.WeightFileError) as error:
-    release_weights.import_checkpoint(str(tmp_path / 'bad.pth'), str(tmp_path / 'out'))
-  message = str(error.value)
-  assert 'bad.pth' in message and "'cfi3.extra.weight'" in message
-  assert "'cfi4.q_v.weight': checkpoint (32, 16, 1, 1)" in message and '(1, 1, 32, 32)' in message
-  assert 'final/bias' in message
-  assert not (tmp_path / 'out').exists()
-
-
-def test_importer_reports_unused_modules(release_state_dict):
-  _, config, ignored = release_weights.import_state_dict(release_state_dict)
-  assert ignored == list(torch_import.UNUSED_MODULES)
-  assert config['model_config']['features'] == 32
-
-
-def test_fuse_with_imported_release_weights(release_state_dict, shared_dir, tmp_path):
   release_weights.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(tmp_path / 'ckpt'))
   data = shared_dir / 'data' / 'ivif' / 'roadscene' / 'test'
   model, variables = fusion_files.load_model(tmp_path / 'ckpt')

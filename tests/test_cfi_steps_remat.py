@@ -9,7 +9,7 @@ import pytest
 from flax import traverse_util
 
 from cfi_jax import losses
-from cfi_jax import train
+from cfi_jax import steps as cfi_steps
 from cfi_jax.model import ISFuse
 
 SHAPE = (2, 32, 32, 1)
@@ -27,17 +27,17 @@ def _smooth_batch() -> dict[str, jnp.ndarray]:
 def test_recomputed_views_give_the_plain_steps_update():
   """Same losses, gradients (plain SGD makes the update the gradient) and running statistics."""
   batch = _smooth_batch()
-  state = train.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
+  state = cfi_steps.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
   new = {}
-  for remat in train.REMAT_MODES:
-    step = jax.jit(functools.partial(train.train_step, model=MODEL, loss_config=losses.LossConfig(),
+  for remat in cfi_steps.REMAT_MODES:
+    step = jax.jit(functools.partial(cfi_steps.train_step, model=MODEL, loss_config=losses.LossConfig(),
                                      view_batching='loop', remat=remat))
     new[remat] = step(state, batch, jax.random.key(4))
   (plain, plain_metrics), (recomputed, recomputed_metrics) = new['none'], new['views']
   for name in plain_metrics:
     np.testing.assert_allclose(recomputed_metrics[name], plain_metrics[name], rtol=1e-5, err_msg=name)
   grad = lambda s: optax.tree.sub(state.params, s.params)  # noqa: E731
-  # The dropped-modality views are ill-conditioned (cfi_jax/train.py), so the gradient is compared as a whole.
+  # The dropped-modality views are ill-conditioned (cfi_jax/cfi_steps.py), so the gradient is compared as a whole.
   assert optax.tree.norm(optax.tree.sub(grad(recomputed), grad(plain))) < 1e-4 * optax.tree.norm(grad(plain))
   flat_plain, flat_recomputed = (traverse_util.flatten_dict(s.batch_stats) for s in (plain, recomputed))
   for path, value in flat_plain.items():
@@ -46,6 +46,6 @@ def test_recomputed_views_give_the_plain_steps_update():
 
 def test_unknown_remat_mode_is_refused():
   batch = _smooth_batch()
-  state = train.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
+  state = cfi_steps.create_train_state(jax.random.key(0), MODEL, optax.sgd(1.0), SHAPE)
   with pytest.raises(ValueError, match='remat'):
-    train.train_step(state, batch, jax.random.key(4), model=MODEL, loss_config=losses.LossConfig(), remat='all')
+    cfi_steps.train_step(state, batch, jax.random.key(4), model=MODEL, loss_config=losses.LossConfig(), remat='all')

@@ -290,7 +290,7 @@ def test_skip_bad_leaves_out_and_reports(tmp_path):
   assert [p.name for p in source.pairs] == ['p0', 'p1']
   assert len(source.skipped) == 3
   for name in ('lonely.png', 'big.png', 'broken.png'):
-    assert sum(name in line for line in source.skipped) == 1
+    assert sum(name in f'{what}: {reason}' for what, reason in source.skipped) == 1
   batch = _take(fusion_data.make_train_dataset(config, seed=0, batch_size=2), 1)[0]
   np.testing.assert_allclose(batch['ir'], 1.0 - batch['vis'], atol=1e-6)
 
@@ -364,7 +364,7 @@ def test_tfds_16_bit_and_bad_input(tmp_path):
   _bad_folder(src)
   skipping = tfds_fusion.build_dataset(src, name='skipping', data_dir=tmp_path / 'skip', skip_bad=True)
   assert skipping.info.splits['train'].num_examples == 2   # p0, p1; 'hot' is 16-bit in an 8-bit build.
-  assert len(skipping.skipped) == 4 and any('hot.png' in line for line in skipping.skipped)
+  assert len(skipping.skipped) == 4 and any('hot.png' in reason for _, reason in skipping.skipped)
   with pytest.raises(ValueError, match='lower_snake_case'):
     tfds_fusion.make_builder(src, name='My-Data', data_dir=tmp_path / 'x')
 

@@ -1,8 +1,10 @@
-"""Acceptance: the imported release weights reproduce the authors' PyTorch outputs (spec isfuse_cfi.md §1)."""
+"""Importing the authors' release (launch.release_weights): the imported weights reproduce the authors' PyTorch
+outputs (acceptance, spec isfuse_cfi.md §1), and the importer names key and shape mismatches and unused modules."""
 import numpy as np
 import pytest
 
 from cfi_jax import inference
+from cfi_jax import torch_import
 from input_pipeline import images
 from launch import checkpoints
 from launch import release_weights
@@ -17,7 +19,7 @@ def imported(shared_dir, tmp_path_factory):
   output_dir = tmp_path_factory.mktemp('imported') / 'ckpt'
   release_weights.import_checkpoint(str(shared_dir / 'isfuse_reference' / 'best.pth'), str(output_dir))
   variables, config = checkpoints.restore_model_variables(output_dir)
-  assert config['model'] == 'isfuse'
+  assert config['model'] == 'cfi'
   assert config['source']['ignored_modules'] == ['adjust_channels3', 'module4', 'module5']
   return inference.model_from_config(config['model_config']), variables
 
@@ -42,3 +44,31 @@ def test_end_to_end_from_image_files(imported, shared_dir):
     fused = inference.fuse_luma(model, variables, vis_y, images.load_ir(data / 'ir' / f'{n}.jpg'))
     expected = np.load(shared_dir / 'isfuse_reference' / 'outputs' / f'{n}.npy')
     assert np.abs(fused - expected).mean() <= 2e-3, f'pair {n}'
+
+
+@pytest.fixture(scope='module')
+def release_state_dict(shared_dir):
+  pytest.importorskip('torch')
+  return release_weights.load_torch_state_dict(str(shared_dir / 'isfuse_reference' / 'best.pth'))
+
+
+def test_importer_names_key_and_shape_mismatches(release_state_dict, tmp_path):
+  torch = pytest.importorskip('torch')
+  state = {k: torch.from_numpy(v) for k, v in release_state_dict.items()}
+  state['cfi3.extra.weight'] = torch.zeros(3)
+  state['cfi4.q_v.weight'] = torch.zeros(32, 16, 1, 1)
+  del state['final_decoder.0.bias']
+  torch.save(state, tmp_path / 'bad.pth')
+  with pytest.raises(release_weights.WeightFileError) as error:
+    release_weights.import_checkpoint(str(tmp_path / 'bad.pth'), str(tmp_path / 'out'))
+  message = str(error.value)
+  assert 'bad.pth' in message and "'cfi3.extra.weight'" in message
+  assert "'cfi4.q_v.weight': checkpoint (32, 16, 1, 1)" in message and '(1, 1, 32, 32)' in message
+  assert 'final/bias' in message
+  assert not (tmp_path / 'out').exists()
+
+
+def test_importer_reports_unused_modules(release_state_dict):
+  _, config, ignored = release_weights.import_state_dict(release_state_dict)
+  assert ignored == list(torch_import.UNUSED_MODULES)
+  assert config['model_config']['features'] == 32

@@ -1,5 +1,5 @@
 """One training step here equals the release's: the PyTorch twin's Train.py loss (benchmarks/torch_isfuse.py), its
-autograd and torch.optim.Adam against cfi_jax.train.train_step, for the full loss and every ablation preset.
+autograd and torch.optim.Adam against cfi_jax.steps.train_step, for the full loss and every ablation preset.
 
 Same initial weights (the twin's, imported with cfi_jax.torch_import), same batch, same views (drawn once by
 cfi_jax.interventions and fed to both), train mode, both starting from the same Adam state.
@@ -16,7 +16,7 @@ from flax import traverse_util
 from cfi_jax import interventions
 from cfi_jax import losses
 from cfi_jax import torch_import
-from cfi_jax import train
+from cfi_jax import steps as cfi_steps
 from cfi_jax.model import ISFuse
 
 torch = pytest.importorskip('torch')
@@ -65,7 +65,7 @@ def _relative_error(actual, desired) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _jitted_step(loss_config, model_kwargs):
-  return jax.jit(functools.partial(train.train_step, model=ISFuse(features=FEATURES, **dict(model_kwargs)),
+  return jax.jit(functools.partial(cfi_steps.train_step, model=ISFuse(features=FEATURES, **dict(model_kwargs)),
                                    loss_config=loss_config, view_batching='vmap'))
 
 
@@ -111,18 +111,18 @@ def test_train_step_equals_the_release_step(twin, preset):
   # This project's step from the same weights, batch, key and Adam state.
   as_flax = lambda tensors: torch_import.convert_state_dict({**old, **tensors}, shapes)[0]
   g0_flax = as_flax(g0)['params']
-  tx = train.make_optimizer()
+  tx = cfi_steps.make_optimizer()
   opt_state = tx.init(variables['params'])
   adam_state = opt_state[0]._replace(count=jnp.ones_like(opt_state[0].count),
                                      mu=jax.tree.map(lambda g: (1 - B1) * g, g0_flax),
                                      nu=jax.tree.map(lambda g: (1 - 0.999) * g * g, g0_flax))
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+  state = cfi_steps.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                            batch_stats=variables['batch_stats'], opt_state=(adam_state,) + tuple(opt_state[1:]),
                            tx=tx)
   new_state, metrics = _jitted_step(loss_config, tuple(model_kwargs.items()))(state, batch, key)
 
   # The dropped-modality views feed a constant image to one encoder; its BatchNorms divide rounding-level
-  # differences by sqrt(eps) (cfi_jax/train.py), so XLA and PyTorch disagree there far more than elsewhere: L_nec by
+  # differences by sqrt(eps) (cfi_jax/cfi_steps.py), so XLA and PyTorch disagree there far more than elsewhere: L_nec by
   # 2.5% (measured, 'full'). L_nec, and the loss and gradients that it enters, are held to 5e-2 only, which still
   # catches a swapped or missing view; everything computed from the other views is held to 1e-4.
   nec_in_loss = loss_config.dropout and loss_config.use_nec

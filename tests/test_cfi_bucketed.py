@@ -6,7 +6,7 @@ import pytest
 from cfi_jax import bucketed
 from cfi_jax import inference
 from cfi_jax.model import ISFuse
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 
 
 @jax.jit

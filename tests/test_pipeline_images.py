@@ -122,7 +122,8 @@ def test_match_pairs_returns_unpaired_files_instead_of_raising(tmp_path):
   pairs, unpaired = images.match_pairs(tmp_path / 'ir', tmp_path / 'vi')
   assert [p.name for p in pairs] == ['1']
   assert len(unpaired) == 2
-  assert 'only_ir.png: no visible partner' in unpaired[0] and 'only_vis.jpg: no infrared partner' in unpaired[1]
+  assert unpaired == [(str(tmp_path / 'ir' / 'only_ir.png'), f'no visible partner in {tmp_path / "vi"}'),
+                      (str(tmp_path / 'vi' / 'only_vis.jpg'), f'no infrared partner in {tmp_path / "ir"}')]
   (tmp_path / 'empty_a').mkdir()
   (tmp_path / 'empty_b').mkdir()
   with pytest.raises(ValueError, match='no images'):

@@ -191,6 +191,15 @@ def test_refuses_checkpoint_of_other_config_or_model(tmp_path):
   assert int(state.step) == 3
 
 
+def test_resumes_a_checkpoint_that_holds_the_familys_former_name(tmp_path, monkeypatch):
+  # As a CFI run resumes from checkpoints that say 'isfuse': here 'linear' plays the former name of 'other'.
+  _train(tmp_path / "split", num_steps=2)
+  monkeypatch.setitem(checkpoints.FORMER_MODEL_NAMES, "linear", "other")
+  resumed = _train(tmp_path / "split", num_steps=4, task_cls=linear_task.OtherTask)
+  _assert_trees_equal(resumed, _train(tmp_path / "straight", num_steps=4))
+  assert checkpoints.restore_config(tmp_path / "split" / "checkpoints", step=2)["model"] == "other"
+
+
 def test_config_differences_lists_added_and_removed_fields():
   current = {"model": "m", "process_count": 1, "experiment": {"a": {"b": 1}, "num_steps": 5}}
   saved = {"model": "m", "process_count": 2, "experiment": {"a": {"c": 1}, "num_steps": 9}}
@@ -287,6 +296,21 @@ def test_train_binary_refuses_mismatched_checkpoint_with_message(repo_root, tmp_
                           cwd=repo_root, env=_ENV, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1
   assert "Error: Refusing to resume" in result.stderr and "learning_rate: checkpoint 0.1, now 0.5" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("config, message", [
+    # Raised by get_config while absl parses the flags, before main.
+    ("launch/configs/cfi.py:smoke,bogus", "Error: launch/configs/cfi.py:smoke,bogus: need one or more of smoke, "),
+    ("launch/configs/dfc.py:bogus", "Error: launch/configs/dfc.py:bogus: need one or more of smoke, demo, paper, "),
+    ("launch/configs/nope.py:smoke", "Error: --config: the config file cannot be loaded ([Errno 2] No such file"),
+])
+def test_train_binary_names_a_bad_config_argument_in_one_line(repo_root, tmp_path, config, message):
+  result = subprocess.run([sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={tmp_path}"],
+                          cwd=repo_root, env=_ENV, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+  assert len(errors) == 1 and errors[0].startswith(message), result.stderr
   assert "Traceback" not in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Scoring fused images (launch.fusion_eval, under launch.evaluate): a folder of published TNO outputs, a tiny
+"""Scoring fused images (launch.fusion_eval, under launch.evaluate_cfi): a folder of published TNO outputs, a tiny
 checkpoint, bad input."""
 import csv
 import json
@@ -16,13 +16,13 @@ from cfi_jax.model import ISFuse
 from input_pipeline import errors
 from input_pipeline import grids
 from input_pipeline import images
-from isfuse_test_utils import random_variables
+from cfi_test_utils import random_variables
 from launch import checkpoints
 from launch import fusion_eval
 from launch import fusion_files
 
-TNO_NAMES = ('01', '02')  # One size (576x768): the metrics compile once (shared with test_metrics.py).
-SMALL = (48, 64)  # Same size as test_metrics.py's synthetic images, for the same reason.
+TNO_NAMES = ('01', '02')  # One size (576x768): the metrics compile once (shared with test_cfi_metrics.py).
+SMALL = (48, 64)  # Same size as test_cfi_metrics.py's synthetic images, for the same reason.
 
 
 def _run(*, ir_dir, vis_dir, output_dir, dialect=('tang2023',), **kwargs):
@@ -103,7 +103,7 @@ def tiny_setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('evaluate')
   checkpoint = root / 'tiny_ckpt'
   checkpoints.save_inference_checkpoint(checkpoint, random_variables(ISFuse(features=8), seed=3),
-                                        {'model': 'isfuse', 'model_config': {'features': 8}})
+                                        {'model': 'cfi', 'model_config': {'features': 8}})
   rng = np.random.default_rng(0)
   for name in ('a', 'b'):
     (root / 'ir').mkdir(exist_ok=True)

@@ -1,0 +1,154 @@
+"""DFC-Net's G + D step (dfc_jax/steps.py): sharded = single device, gradients through the re-encoding, the
+equivariance prior and the adversarial warm-up."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dfc_jax import losses
+from dfc_jax import model as model_lib
+from dfc_jax import steps as dfc_steps
+from dfc_jax import transforms
+
+_GENERATOR = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4))
+_DISCRIMINATOR = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2)
+# 'rbg' keys: XLA compiles threefry's unrolled rounds slowly on a CPU.
+_KEY = jax.random.key(0, impl='rbg')
+
+
+def _batch(n: int, size: int = 16) -> dict[str, np.ndarray]:
+  keys = ('source', 'target', 'truth', 'support_source', 'support_target')
+  rng = np.random.default_rng(0)
+  return {k: rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32) for k in keys}
+
+
+def test_step_on_eight_devices_equals_one_device():
+  assert jax.device_count() == 8
+  # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in ~zero gradients into lr-sized
+  # differences.
+  tx = optax.sgd(0.1)
+  # With the demo's switches (keypoint warp, learned sharpening, pose-conditioned discriminator, equivariance and
+  # separation priors, normalised perceptual pyramid), so that they are checked under sharding too (the smoke run
+  # below trains without them).
+  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, amplifier='sharpen',
+                               learn_sharpen=True)
+  discriminator = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2, pose_condition=True)
+  state = dfc_steps.create_train_state(jax.random.PRNGKey(0), generator, discriminator, tx, tx, (1, 16, 16, 3))
+  config = losses.LossConfig(vgg_layers=1, equivariance=1.0, separation=1.0, perceptual_normalize=True,
+                             perceptual_scales=2)
+  step = functools.partial(dfc_steps.train_step, generator=generator, discriminator=discriminator, config=config,
+                           vgg_params=losses.vgg16_params(1), key=_KEY)
+  batch = _batch(8)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+    jitted = jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
+    new_state, metrics = jitted(jax.device_put(state, replicated), jax.device_put(batch, sharded))
+    results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
+  (params_1, metrics_1), (params_8, metrics_8) = results
+  assert set(metrics_1) >= {'loss', 'd_loss', 'l1', 'perceptual', 'adversarial', 'feature_matching',
+                            'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance',
+                            'separation'}
+  for name in metrics_1:
+    np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-4, atol=1e-6, err_msg=name)
+  # The updates agree to float32 reduction-order noise (L1-type losses turn it into sign flips of tiny residuals),
+  # far below the size of the updates themselves; and both networks moved.
+  initial = jax.device_get(state.params)
+  for net in ('generator', 'discriminator'):
+    update = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params_1[net], initial[net])))
+    mismatch = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), params_8[net], params_1[net])))
+    assert update > 0 and mismatch < 1e-2 * update
+
+
+def test_consistency_gradients_reach_the_generator_through_the_reencoding():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  weights = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0)
+
+  def grads_of(generator, params, **consistency):
+    config = losses.LossConfig(**consistency, **weights)
+    loss_fn = lambda g: dfc_steps._generator_loss(g, d_params, batch, 0, generator=generator,  # noqa: E731
+                                                  discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
+    grads = jax.jit(jax.grad(loss_fn))(params)
+    return grads, {k: float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(v))) for k, v in grads.items()}
+
+  # Only one consistency loss is on: the decoder gets gradients solely through E_p(output) or E_s(output).
+  _, static = grads_of(_GENERATOR, g_params, pose_consistency=0.0, static_consistency=1.0)
+  assert static['generator'] > 0 and static['static_encoder'] > 0
+  # Pose consistency trains the generator to draw the source's pose, never E_p: constant keypoints would zero it.
+  # With the learned sharpening and the warp (where E_p's keypoints also steer the motion) too.
+  for generator in (_GENERATOR, model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True,
+                                                 amplifier='sharpen', learn_sharpen=True)):
+    params = g_params if generator is _GENERATOR else jax.jit(generator.init)(_KEY, image, image)['params']
+    grads, pose = grads_of(generator, params, pose_consistency=1.0, static_consistency=0.0)
+    assert pose['generator'] > 0 and pose['static_encoder'] > 0
+    jax.tree.map(lambda g: np.testing.assert_array_equal(g, 0.0), grads['pose_encoder'])
+    if 'log_sharpen' in grads:
+      assert float(grads['log_sharpen']) == 0.0
+
+
+def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  weights = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
+                 use_consistency=False)
+  config = losses.LossConfig(equivariance=1.0, support=0.5, **weights)
+  key = jax.random.key(3, impl='rbg')
+  loss_fn = lambda g: dfc_steps._generator_loss(g, d_params, batch, 0, generator=_GENERATOR,  # noqa: E731
+                                                discriminator=_DISCRIMINATOR, config=config, vgg_params=None,
+                                                key=key)
+  (total, (parts, _, _)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(g_params)
+  # Only the pose encoder can lower it.
+  assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads['pose_encoder']))) > 0
+  for part in ('generator', 'static_encoder'):
+    assert float(sum(jnp.abs(x).sum() for x in jax.tree.leaves(grads[part]))) == 0, part
+
+  # A pose encoder blind to the image (heatmap head zeroed) puts every keypoint at the centre (0, 0), which the
+  # transform moves to its shift: the loss is the mean |shift| of the 2 paired + 0.5 x that of the 2 support samples.
+  # Conv_0 is the heatmap head (the encoder's other convs sit inside ConvNormAct blocks).
+  head = jax.tree.map(jnp.zeros_like, g_params['pose_encoder']['Conv_0'])
+  blind = {**g_params, 'pose_encoder': {**g_params['pose_encoder'], 'Conv_0': head}}
+  (total, (parts, _, _)), _ = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(blind)
+  shift = np.abs(np.asarray(transforms.random_similarity(
+      key, 4, max_rotation=config.equivariance_rotation, max_log_scale=config.equivariance_log_scale,
+      max_shift=config.equivariance_shift).shift)).mean(axis=1)
+  expected = shift[:2].mean() + 0.5 * shift[2:].mean()
+  assert expected > 0.01
+  np.testing.assert_allclose(parts['equivariance'], expected, rtol=1e-5)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match='needs a key'):
+    dfc_steps._generator_loss(g_params, d_params, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+                              config=config, vgg_params=None)
+
+
+def test_adversarial_warmup_silences_the_discriminator_then_ramps_linearly():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  other_d_params = jax.jit(_DISCRIMINATOR.init)(jax.random.key(1, impl='rbg'), image, image)['params']
+  batch = _batch(2)
+  config = losses.LossConfig(perceptual=0.0, adversarial_warmup_steps=4, adversarial_ramp_steps=4)
+  # D's parameters and the step are traced: one compilation serves every call.
+  loss_fn = lambda g, d, step: dfc_steps._generator_loss(  # noqa: E731
+      g, d, batch, step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config, vgg_params=None)[0]
+  grad = jax.jit(jax.grad(loss_fn))
+  flat = lambda d, step: np.concatenate([np.ravel(x) for x in jax.tree.leaves(grad(g_params, d, step))])  # noqa: E731
+  # Up to the end of the warm-up the generator gradient does not depend on D at all ...
+  without = flat(d_params, 0)
+  for step in (0, 4):
+    np.testing.assert_allclose(flat(other_d_params, step), without, rtol=1e-5, atol=1e-7)
+  # ... after the ramp it does, and midway through the ramp D's contribution is exactly half.
+  full = flat(d_params, 9)
+  assert np.abs(flat(other_d_params, 9) - full).max() > 1e-3
+  np.testing.assert_allclose(flat(d_params, 8), full, rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(flat(d_params, 6), 0.5 * (without + full), rtol=1e-4, atol=1e-6)
+
