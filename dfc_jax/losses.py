@@ -51,6 +51,10 @@ class LossConfig:
   # keeps the keypoints of one image from collapsing onto one point.
   separation: float = 0.0
   separation_sigma: float = 0.1
+  # Auxiliary supervision with the renderer's joints (0: off, the unsupervised premise of the paper): the first J
+  # keypoints of the source and of the target must be their J true joints, and with DFCNet.retarget the keypoints
+  # the output is drawn in must be the truth's joints (mean L1 in [-1, 1] units, paired samples only).
+  joint_supervision: float = 0.0
   gan_type: str = 'hinge'
   use_consistency: bool = True   # ablation "without consistency losses"
   use_support: bool = True       # ablation "without support data"

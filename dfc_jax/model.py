@@ -78,9 +78,11 @@ class ConvNormAct(nn.Module):
 
 
 class PoseEncoder(nn.Module):
-  """Conv stack (stride 1, then one stride-2 stage per further width) -> K heatmap logits at 1/2^(stages)."""
+  """Conv stack (stride 1, then one stride-2 stage per further width, then context_layers more convs at the heatmap
+  scale) -> K heatmap logits at 1/2^(stages)."""
   widths: Sequence[int] = (32, 64, 128, 256)
   num_keypoints: int = 16
+  context_layers: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -89,6 +91,8 @@ class PoseEncoder(nn.Module):
     for width in self.widths[1:]:
       x = ConvNormAct(width, stride=2, dtype=self.dtype)(x)
       x = ConvNormAct(width, dtype=self.dtype)(x)
+    for _ in range(self.context_layers):
+      x = ConvNormAct(self.widths[-1], dtype=self.dtype)(x)
     return nn.Conv(self.num_keypoints, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
 
 
@@ -164,17 +168,63 @@ class Generator(nn.Module):
     return jnp.tanh(nn.Conv(3, (3, 3), dtype=self.dtype)(x).astype(jnp.float32))
 
 
+def part_motions(pose_keypoints: jax.Array, appearance_keypoints: jax.Array,
+                 bones: Sequence[tuple[int, int]] | None) -> tuple[jax.Array, jax.Array]:
+  """Affine motions z -> M z + t [N,P,2,2], [N,P,2] from the pose to the appearance image, one per part.
+
+  Without bones the parts are the keypoints and each moves by a translation (zero order: Monkey-Net); with bones
+  (pairs of keypoint indices), each bone's motion is the similarity (rotation, scale, shift) that maps its pose
+  endpoints onto its appearance endpoints (first order, as the first-order motion model's local affine motions,
+  but read off two keypoints rather than predicted), so a limb that turns is moved along its whole length.
+  """
+  if bones is None:
+    matrix = jnp.broadcast_to(jnp.eye(2), (*pose_keypoints.shape[:2], 2, 2))
+    return matrix, appearance_keypoints - pose_keypoints
+  start, end = (jnp.array([b[i] for b in bones]) for i in (0, 1))
+  p0, p1 = pose_keypoints[:, start], pose_keypoints[:, end]
+  a0, a1 = appearance_keypoints[:, start], appearance_keypoints[:, end]
+  dp, da = p1 - p0, a1 - a0
+  # (da / dp) as complex numbers: rotation and scale. eps in the real part's numerator too: a bone that does not
+  # change is moved by exactly the identity, and one that shrinks to a point by a translation, not a blow-up.
+  eps = 1e-4
+  norm = jnp.sum(dp**2, axis=-1) + eps
+  cos = (da[..., 0] * dp[..., 0] + da[..., 1] * dp[..., 1] + eps) / norm
+  sin = (da[..., 1] * dp[..., 0] - da[..., 0] * dp[..., 1]) / norm
+  matrix = jnp.stack([jnp.stack([cos, -sin], -1), jnp.stack([sin, cos], -1)], -2)
+  return matrix, a0 - jnp.einsum('npij,npj->npi', matrix, p0)
+
+
+def bone_maps(keypoints: jax.Array, bones: Sequence[tuple[int, int]], shape: tuple[int, int],
+              sigma: float) -> jax.Array:
+  """Gaussian maps exp(-d^2 / (2 sigma^2)) of each bone segment's distance d on an (h, w) grid -> [N,h,w,B]."""
+  start, end = (jnp.array([b[i] for b in bones]) for i in (0, 1))
+  p0, p1 = keypoints[:, start], keypoints[:, end]  # [N,B,2]
+  grid = coordinate_grid(*shape)[None, :, :, None, :]  # [1,h,w,1,2]
+  d = (p1 - p0)[:, None, None]
+  t = jnp.clip(jnp.sum((grid - p0[:, None, None]) * d, -1) / (jnp.sum(d**2, -1) + 1e-6), 0.0, 1.0)
+  nearest = p0[:, None, None] + t[..., None] * d
+  return jnp.exp(-jnp.sum((grid - nearest) ** 2, -1) / (2 * sigma**2))
+
+
+# A part map's value at the edge of the region whose motion the mask prior gives to that part (KeypointMotion).
+_BACKGROUND_LEVEL = 0.1
+
+
 class KeypointMotion(nn.Module):
   """Moves the appearance image's features into the pose (DFCNet.warp; not in the design).
 
-  Zero-order keypoint motion, as in Monkey-Net and the first-order motion model (Siarohin et al., CVPR 2019 and
-  NeurIPS 2019): near pose keypoint k, the output reads the appearance features at its own position moved by
-  (appearance keypoint k - pose keypoint k). Soft masks choose the keypoint at every location, with one more mask
-  for no motion (the background). A conv stack predicts them at 1/`scale` resolution from the Gaussian maps of the
-  pose keypoints and of the keypoint motion, and from the appearance image moved by each candidate; the masks are
-  resized to every feature scale.
+  Keypoint motion, as in Monkey-Net and the first-order motion model (Siarohin et al., CVPR 2019 and NeurIPS
+  2019): near part p of the pose, the output reads the appearance features where that part's motion
+  (part_motions) takes it. Soft masks choose the part at every location, with one more mask for no motion (the
+  background). A conv stack predicts them at 1/`scale` resolution from the Gaussian maps of the pose keypoints (and
+  bones) and of the keypoint motion, and from the appearance image moved by each candidate; the masks are resized to
+  every feature scale. With `occlusion`, it also predicts FOMM's occlusion map, which multiplies the warped features:
+  where the appearance image has nothing to move there (the background the target's body covered), the generator
+  paints instead of copying. Both start from priors on the keypoints (or bones), which the conv stack corrects.
   """
   num_keypoints: int
+  bones: Sequence[tuple[int, int]] | None = None
+  occlusion: bool = False
   width: int = 64
   depth: int = 4
   scale: int = 4
@@ -187,25 +237,67 @@ class KeypointMotion(nn.Module):
                features: Sequence[jax.Array]) -> list[jax.Array]:
     n, h, w, c = appearance.shape
     hs, ws = h // self.scale, w // self.scale
-    offsets = appearance_keypoints - pose_keypoints  # [N,K,2]: where each keypoint's neighbourhood reads from
+    matrix, shift = part_motions(pose_keypoints, appearance_keypoints, self.bones)
+    num_parts = matrix.shape[1]
+    move = lambda grid: jnp.einsum('npij,hwj->nphwi', matrix, grid) + shift[:, :, None, None]  # noqa: E731
     grid = coordinate_grid(hs, ws)
     small = jax.image.resize(appearance, (n, hs, ws, c), 'linear')
-    candidates = grid[None, None] + offsets[:, :, None, None, :]  # [N,K,hs,ws,2]
-    moved = jax.vmap(transforms.sample_at, in_axes=(None, 1), out_axes=3)(small, candidates)  # [N,hs,ws,K,C]
+    moved = jax.vmap(transforms.sample_at, in_axes=(None, 1), out_axes=3)(small, move(grid))  # [N,hs,ws,P,C]
     pose_maps = render_gaussians(pose_keypoints, (hs, ws), self.sigma)
-    x = jnp.concatenate([pose_maps, pose_maps - render_gaussians(appearance_keypoints, (hs, ws), self.sigma), small,
-                         moved.reshape(n, hs, ws, self.num_keypoints * c)], axis=-1)
+    # Where each part is in the pose: its bone's segment, or its keypoint.
+    part_maps = (pose_maps if self.bones is None
+                 else bone_maps(pose_keypoints, self.bones, (hs, ws), self.sigma / 2))
+    inputs = [pose_maps, pose_maps - render_gaussians(appearance_keypoints, (hs, ws), self.sigma), small,
+              moved.reshape(n, hs, ws, num_parts * c)]
+    if self.bones is not None:
+      inputs.append(part_maps)
+    x = jnp.concatenate(inputs, axis=-1)
     for _ in range(self.depth):
       x = ConvNormAct(self.width, normalize=False, dtype=self.dtype)(x)
-    masks = jax.nn.softmax(nn.Conv(self.num_keypoints + 1, (3, 3), dtype=self.dtype)(x).astype(jnp.float32))
+    # The mask logits start from a prior the conv stack corrects: each location takes the motion of the part whose
+    # map is largest there, and the background's where no part map exceeds _BACKGROUND_LEVEL. Learned from
+    # nothing, the masks stayed on the background for the demo's whole run (outputs were the target, unmoved).
+    prior = jnp.log(jnp.concatenate([jnp.full((n, hs, ws, 1), _BACKGROUND_LEVEL), part_maps], axis=-1) + 1e-4)
+    masks = jax.nn.softmax(nn.Conv(num_parts + 1, (3, 3), dtype=self.dtype)(x).astype(jnp.float32) + prior)
+    if self.occlusion:
+      # Learned, starting at ~0.9 visible everywhere; times a prior: where the background's motion (the identity)
+      # would read the appearance image's own body, nothing is visible. Without it the target's body stays in the
+      # output where it stood.
+      visible = jax.nn.sigmoid(nn.Conv(1, (3, 3), bias_init=nn.initializers.constant(2.0),
+                                       dtype=self.dtype)(x).astype(jnp.float32))
+      appearance_maps = (render_gaussians(appearance_keypoints, (hs, ws), self.sigma) if self.bones is None
+                         else bone_maps(appearance_keypoints, self.bones, (hs, ws), self.sigma))
+      visible = visible * (1.0 - masks[..., :1] * jnp.max(appearance_maps, axis=-1, keepdims=True))
     warped = []
     for f in features:
       fh, fw = f.shape[1:3]
-      m = jax.image.resize(masks, (n, fh, fw, self.num_keypoints + 1), 'linear')
-      flow = coordinate_grid(fh, fw)[None] + jnp.einsum('nhwk,nkc->nhwc', m[..., 1:], offsets)
+      m = jax.image.resize(masks, (n, fh, fw, num_parts + 1), 'linear')
+      grid = coordinate_grid(fh, fw)
+      flow = m[..., :1] * grid + jnp.einsum('nhwp,nphwc->nhwc', m[..., 1:], move(grid))
       # Coordinates stay float32: in bfloat16 they would be off by up to a quarter pixel at 128x128.
-      warped.append(transforms.sample_at(f, flow).astype(f.dtype))
+      moved_features = transforms.sample_at(f, flow)
+      if self.occlusion:
+        moved_features = moved_features * jax.image.resize(visible, (n, fh, fw, 1), 'linear')
+      warped.append(moved_features.astype(f.dtype))
     return warped
+
+
+class KeypointRetargeter(nn.Module):
+  """The pose keypoints moved onto the appearance image's body (DFCNet.retarget; not in the design).
+
+  The source's keypoints carry the source's body: its limb lengths, its size and where it stands. The output shows
+  the target's body in that pose, so an MLP of both keypoint sets adds a residual to the pose keypoints (zero at
+  initialisation: it starts as the identity).
+  """
+  width: int = 256
+
+  @nn.compact
+  def __call__(self, pose_keypoints: jax.Array, appearance_keypoints: jax.Array) -> jax.Array:
+    n, k, _ = pose_keypoints.shape
+    x = jnp.concatenate([pose_keypoints.reshape(n, -1), appearance_keypoints.reshape(n, -1)], axis=-1)
+    x = nn.gelu(nn.Dense(self.width)(x))
+    x = nn.gelu(nn.Dense(self.width)(x))
+    return pose_keypoints + nn.Dense(2 * k, kernel_init=nn.initializers.zeros)(x).reshape(n, k, 2)
 
 
 class PoseCode(NamedTuple):
@@ -220,6 +312,8 @@ class DFCNet(nn.Module):
     num_keypoints: K soft-argmax keypoints.
     pose_widths / widths: channel widths of the pose encoder and of the static encoder and generator; one scale
       per width (1, 1/2, 1/4, 1/8 for four).
+    pose_context: more convs at the pose encoder's heatmap scale (not in the design): which limb a pixel belongs to
+      needs context beyond its neighbourhood.
     amplifier: 'sharpen' (heatmap logits x sharpen_factor before the softmax), 'gain' (rendered pose maps x a
       learnable per-keypoint gain initialised to gain_init), 'both', or 'off' (ablation).
     learn_sharpen: the sharpening factor is a learned parameter (exp of 'log_sharpen', starting at
@@ -235,9 +329,16 @@ class DFCNet(nn.Module):
     warp: not in the design. The static features are moved into the source's pose by the keypoints' motion from
       the target to the source (KeypointMotion) before the generator takes them, so the generator no longer has
       to learn to carry the target's appearance across the image.
+    bones: with warp, pairs of keypoint indices that move as rigid parts (first-order motion, part_motions);
+      meaningful when the keypoints are named joints (the pose encoder supervised with the renderer's joints,
+      losses.LossConfig.joint_supervision). None: every keypoint moves by a translation.
+    occlusion: with warp, an occlusion map on the warped features (KeypointMotion).
+    retarget: with warp, the source's keypoints are moved onto the target's body before decoding
+      (KeypointRetargeter).
   """
   num_keypoints: int = 16
   pose_widths: Sequence[int] = (32, 64, 128, 256)
+  pose_context: int = 0
   widths: Sequence[int] = (32, 64, 128, 256)
   amplifier: str = 'gain'
   sharpen_factor: float = 4.0
@@ -248,6 +349,9 @@ class DFCNet(nn.Module):
   norm: str = 'instance'
   static_levels: int | None = None
   warp: bool = False
+  bones: Sequence[tuple[int, int]] | None = None
+  occlusion: bool = False
+  retarget: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -261,15 +365,24 @@ class DFCNet(nn.Module):
       raise ValueError(f'static_levels must be in 1..{len(self.widths)} (the number of widths) or None, '
                        f'got {self.static_levels}')
     normalize = self.norm == 'instance'
-    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, dtype=self.dtype)
+    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, self.pose_context, dtype=self.dtype)
     self.static_encoder = StaticEncoder(self.widths, normalize, dtype=self.dtype)
     self.generator = Generator(self.widths, self.injection, normalize, self.static_levels, dtype=self.dtype)
     if self.amplifier in ('gain', 'both'):
       self.gain = self.param('gain', nn.initializers.constant(self.gain_init), (self.num_keypoints,))
     if self.learn_sharpen and self.amplifier in ('sharpen', 'both'):
       self.log_sharpen = self.param('log_sharpen', nn.initializers.constant(math.log(self.sharpen_factor)), ())
+    if (self.bones is not None or self.occlusion or self.retarget) and not self.warp:
+      raise ValueError('bones, occlusion and retarget act on the keypoint warp: they need warp=True')
+    if self.bones is not None and any(not (0 <= i < self.num_keypoints and 0 <= j < self.num_keypoints)
+                                      for i, j in self.bones):
+      raise ValueError(f'bones must pair keypoint indices below num_keypoints={self.num_keypoints}, '
+                       f'got {self.bones}')
     if self.warp:
-      self.motion = KeypointMotion(self.num_keypoints, dtype=self.dtype)
+      self.motion = KeypointMotion(self.num_keypoints, bones=self.bones, occlusion=self.occlusion,
+                                   dtype=self.dtype)
+    if self.retarget:
+      self.retargeter = KeypointRetargeter()
 
   def encode_pose(self, image: jax.Array) -> PoseCode:
     logits = self.pose_encoder(image)
@@ -291,6 +404,11 @@ class DFCNet(nn.Module):
       maps.append(m)
     return maps
 
+  def retarget_keypoints(self, keypoints: jax.Array, appearance_keypoints: jax.Array) -> jax.Array:
+    """The pose keypoints the output is drawn in: `keypoints` moved onto the appearance's body with retarget, else
+    `keypoints` themselves."""
+    return self.retargeter(keypoints, appearance_keypoints) if self.retarget else keypoints
+
   def decode(self, keypoints: jax.Array, static: Sequence[jax.Array], appearance_keypoints: jax.Array | None = None,
              appearance: jax.Array | None = None) -> jax.Array:
     """The image with `static`'s appearance in the pose of `keypoints`. With warp, also needs the image the static
@@ -298,7 +416,10 @@ class DFCNet(nn.Module):
     if self.warp:
       if appearance_keypoints is None or appearance is None:
         raise ValueError('DFCNet(warp=True).decode needs the appearance image and its keypoints')
-      static = self.motion(keypoints, appearance_keypoints, appearance, static)
+      keypoints = self.retarget_keypoints(keypoints, appearance_keypoints)
+      # The appearance image itself is warped with the finest features: a direct path for its sharp pixels.
+      static = self.motion(keypoints, appearance_keypoints, appearance,
+                           [jnp.concatenate([static[0], appearance.astype(static[0].dtype)], axis=-1), *static[1:]])
     return self.generator(static, self.pose_maps(keypoints, static[0].shape[1:3]))
 
   def __call__(self, source: jax.Array, target: jax.Array) -> jax.Array:
@@ -357,6 +478,8 @@ class MultiScaleDiscriminator(nn.Module):
 def generator_from_config(config: dict[str, Any]) -> DFCNet:
   """DFCNet from its JSON constructor kwargs (a checkpoint's model_config['generator'])."""
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+  if kwargs.get('bones') is not None:
+    kwargs['bones'] = tuple(tuple(b) for b in kwargs['bones'])
   return DFCNet(**kwargs)
 
 

@@ -1,7 +1,9 @@
 """DFC-Net train state and the G + D step: pure, jit-able, shardable over a 'data' axis (no collectives inside).
 
 batch: {'source', 'target', 'truth'} float32 [B,H,W,3] in [0, 1] (paired), plus optionally
-{'support_source', 'support_target'} [B_sup,H,W,3] (unpaired support data, no ground truth).
+{'support_source', 'support_target'} [B_sup,H,W,3] (unpaired support data, no ground truth) and, for joint
+supervision (losses.LossConfig.joint_supervision), the renderer's {'source_joints', 'target_joints',
+'truth_joints'} float32 [B,J,2] in pixels (pixel centres at i + 0.5).
 """
 import functools
 from typing import Any
@@ -114,9 +116,12 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   decoded = apply(model_lib.DFCNet.decode, keypoints[:copies * n], [jnp.concatenate([f] * copies) for f in static],
                   jnp.concatenate([target_keypoints] * copies), jnp.concatenate([target] * copies))
   output = decoded[:n]
+  # The keypoints the transfers are drawn in (the source's, moved onto the target's body with retarget).
+  drawn_keypoints = (apply(model_lib.DFCNet.retarget_keypoints, keypoints[:n], target_keypoints) if generator.retarget
+                     else keypoints[:n])
 
-  # The discriminator sees the target and, when pose-conditioned, the source keypoints' maps (constants to G).
-  condition = (target, _pose_condition(keypoints[:n], source.shape[1:3], generator, discriminator))
+  # The discriminator sees the target and, when pose-conditioned, the drawn keypoints' maps (constants to G).
+  condition = (target, _pose_condition(drawn_keypoints, source.shape[1:3], generator, discriminator))
   d_fake = discriminator.apply({'params': d_params}, output, *condition)
   d_real = discriminator.apply({'params': d_params}, truth, *_paired_part(condition, num_paired))
   parts = {
@@ -143,11 +148,21 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
     moved = transforms.transform_points(keypoints[:n], transform)
     parts['equivariance'] = _weighted(losses.l1(keypoints[2 * n:], moved), num_paired, config.support)
     weights['equivariance'] = config.equivariance
+  if config.joint_supervision > 0:
+    size = source.shape[1]
+    joints = {k: batch[k] / size * 2.0 - 1.0 for k in ('source_joints', 'target_joints', 'truth_joints')}
+    num_joints = joints['source_joints'].shape[1]
+    supervised = (jnp.mean(losses.l1(keypoints[:num_paired, :num_joints], joints['source_joints'])) +
+                  jnp.mean(losses.l1(keypoints[n:n + num_paired, :num_joints], joints['target_joints'])))
+    if generator.retarget:
+      supervised = supervised + jnp.mean(losses.l1(drawn_keypoints[:num_paired, :num_joints], joints['truth_joints']))
+    parts['joint_supervision'] = supervised
+    weights['joint_supervision'] = config.joint_supervision
   if config.use_consistency:
     # The output is re-encoded with gradients flowing into it (so into G). The pose term gives E_p none: constant
     # keypoints would make it exactly zero, so training E_p on it pushes the keypoints to collapse. So it re-encodes
-    # an output decoded from keypoints without gradient, with E_p's parameters frozen, against constant source
-    # keypoints. The static term trains E_s on both sides (its Gram matrices carry no position).
+    # an output decoded from keypoints without gradient, with E_p's parameters frozen, against the constant
+    # keypoints it was drawn in. The static term trains E_s on both sides (its Gram matrices carry no position).
     frozen_pose = {k: jax.lax.stop_gradient(v) if k in _POSE_PARAMS else v for k, v in g_params.items()}
     fixed_keypoints = jax.lax.stop_gradient(keypoints[:2 * n])
     pose_output = apply(model_lib.DFCNet.decode, fixed_keypoints[:n], static, fixed_keypoints[n:], target)
@@ -155,7 +170,7 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
                                        method=model_lib.DFCNet.encode_pose).keypoints
     static_output = apply(model_lib.DFCNet.encode_static, output)[-1]
     parts['pose_consistency'] = _weighted(
-        losses.pose_consistency(keypoints_output, fixed_keypoints[:n]), num_paired,
+        losses.pose_consistency(keypoints_output, jax.lax.stop_gradient(drawn_keypoints)), num_paired,
         config.support)
     parts['static_consistency'] = _weighted(losses.static_consistency(static_output, static[-1]), num_paired,
                                             config.support)

@@ -27,6 +27,8 @@ from input_pipeline import video_frames
 # Samples are addressed by index; this many per process is infinite for any training run.
 _STREAM_LENGTH = 2**40
 TRAIN_KEYS = ('source', 'target', 'truth')
+# The renderer's joints of a paired puppet sample, for joint supervision (make_train_dataset's with_joints).
+JOINT_KEYS = ('source_joints', 'target_joints', 'truth_joints')
 SUPPORT_KEYS = ('support_source', 'support_target')
 DATASETS = ('puppets', 'frames')
 FRAMES_TEST_SPLIT = 'test_frames'
@@ -51,13 +53,14 @@ def make_world(data_config: ml_collections.ConfigDict) -> puppets.PuppetWorld:
 class _TrainSample:
   """Index -> one training element; a picklable callable so that grain worker processes can run it."""
 
-  def __init__(self, world: puppets.PuppetWorld, size: int, seed: int, support: bool):
+  def __init__(self, world: puppets.PuppetWorld, size: int, seed: int, support: bool, with_joints: bool = False):
     self.paired = puppets.PuppetSampler(world, 'train', size, sample_seed=seed)
     self.support = puppets.PuppetSampler(world, 'support', size, sample_seed=seed) if support else None
+    self.keys = TRAIN_KEYS + JOINT_KEYS if with_joints else TRAIN_KEYS
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
     sample = self.paired.paired(int(index))
-    element = {k: sample[k] for k in TRAIN_KEYS}
+    element = {k: sample[k] for k in self.keys}
     if self.support is not None:
       unpaired = self.support.unpaired(int(index))
       element['support_source'] = unpaired['source']
@@ -92,16 +95,21 @@ def eval_splits(data_config: ml_collections.ConfigDict, puppet_splits) -> tuple[
 
 
 def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int,
-                       process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Infinite training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3].
+                       process_index: int = 0, process_count: int = 1, with_joints: bool = False) -> grain.IterDataset:
+  """Infinite training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3], and with
+  with_joints (puppets only) the renderer's JOINT_KEYS [b,J,2] in pixels.
 
   b = batch_size // process_count; process p reads samples p, p + P, p + 2P, ... so processes never overlap. The
   iterator is checkpointable (grain.checkpoint.CheckpointSave).
   """
   if batch_size % process_count:
     raise ValueError(f'batch_size {batch_size} must divide by the process count {process_count}')
+  if with_joints and data_config.name != 'puppets':
+    raise errors.DataConfigError(f'joint supervision (loss.joint_supervision > 0) needs true joints, which only '
+                                 f"the puppet renders have; data.name is {data_config.name!r}: set "
+                                 f'--config.loss.joint_supervision=0')
   if data_config.name == 'puppets':
-    sample = _TrainSample(make_world(data_config), data_config.image_size, seed, data_config.support)
+    sample = _TrainSample(make_world(data_config), data_config.image_size, seed, data_config.support, with_joints)
   elif data_config.name == 'frames':
     sample = video_frames.FrameTrainSample(frame_splits(data_config)[0], data_config.image_size,
                                            crop=video_frames.parse_crop(data_config.crop), seed=seed,

@@ -14,6 +14,10 @@ import numpy as np
 JOINT_NAMES = ('pelvis', 'neck', 'head', 'l_shoulder', 'l_elbow', 'l_hand', 'r_shoulder', 'r_elbow', 'r_hand',
                'l_hip', 'l_knee', 'l_foot', 'r_hip', 'r_knee', 'r_foot')
 NUM_JOINTS = len(JOINT_NAMES)
+# The rigid parts between joints: torso, neck and the two bones of every limb (shoulders and hips sit on the torso).
+BONES = (('pelvis', 'neck'), ('neck', 'head'), ('l_shoulder', 'l_elbow'), ('l_elbow', 'l_hand'),
+         ('r_shoulder', 'r_elbow'), ('r_elbow', 'r_hand'), ('l_hip', 'l_knee'), ('l_knee', 'l_foot'),
+         ('r_hip', 'r_knee'), ('r_knee', 'r_foot'))
 
 TRAIN_ANIMATION_TYPES = ('walk', 'run', 'wave', 'jump', 'kick', 'spin', 'squat', 'bow')
 UNSEEN_ANIMATION_TYPES = ('punch', 'jumping_jack')
@@ -487,14 +491,14 @@ class PuppetSampler:
 
   def paired(self, index: int) -> dict[str, np.ndarray]:
     """source (character A, pose P), target (character B, another pose), truth (B in P) with its joints,
-    silhouette and background, the source's joints and the target's silhouette."""
+    silhouette and background, the source's and the target's joints and the target's silhouette."""
     char_a, char_b, source_pose, target_pose = self._draw(index)
     source = render(char_a, source_pose, self.size)
     truth = render(char_b, source_pose, self.size)
     target = render(char_b, target_pose, self.size)
     return {'source': source.image, 'target': target.image, 'truth': truth.image,
             'truth_joints': truth.joints, 'truth_silhouette': truth.silhouette, 'truth_background': truth.background,
-            'source_joints': source.joints, 'target_silhouette': target.silhouette}
+            'source_joints': source.joints, 'target_joints': target.joints, 'target_silhouette': target.silhouette}
 
   def unpaired(self, index: int) -> dict[str, np.ndarray]:
     """source and target of two different characters, with no ground truth (the support data)."""

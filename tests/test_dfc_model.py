@@ -138,6 +138,80 @@ def test_keypoint_motion_reads_the_appearance_where_its_keypoints_moved():
     net.apply(variables, code.keypoints, static, method=model_lib.DFCNet.decode)
 
 
+def test_bone_motion_maps_each_bone_onto_its_appearance_bone():
+  # Bones of 0.3 to 1.1 (the 1e-4 regulariser is then below 0.2% of their squared lengths).
+  pose = jnp.asarray([[[-0.5, -0.4], [0.3, 0.1], [0.1, 0.6]], [[0.2, 0.2], [-0.3, -0.5], [0.6, -0.3]]], jnp.float32)
+  appearance = jnp.asarray([[[0.4, -0.3], [-0.2, 0.5], [0.5, 0.4]], [[0.1, -0.6], [0.0, 0.3], [-0.5, 0.2]]],
+                           jnp.float32)
+  # Zero order: each keypoint's neighbourhood moves by its own displacement.
+  matrix, shift = model_lib.part_motions(pose, appearance, None)
+  np.testing.assert_allclose(matrix, np.broadcast_to(np.eye(2), (2, 3, 2, 2)))
+  np.testing.assert_allclose(shift, appearance - pose, atol=1e-6)
+  # First order: the similarity of bone (i, j) takes both pose endpoints onto the appearance endpoints (up to the
+  # 1e-4 regulariser of short bones) and is a rotation times a scale; a bone that does not change is not moved.
+  bones = ((0, 1), (1, 2), (2, 0))
+  matrix, shift = model_lib.part_motions(pose, appearance, bones)
+  for b, (i, j) in enumerate(bones):
+    for k in (i, j):
+      moved = np.einsum('nij,nj->ni', matrix[:, b], pose[:, k]) + shift[:, b]
+      np.testing.assert_allclose(moved, appearance[:, k], atol=2e-3)
+  still, _ = model_lib.part_motions(pose, pose + 0.3, bones)
+  np.testing.assert_allclose(still, np.broadcast_to(np.eye(2), still.shape), atol=1e-6)
+  np.testing.assert_allclose(matrix[..., 0, 0], matrix[..., 1, 1])
+  np.testing.assert_allclose(matrix[..., 0, 1], -matrix[..., 1, 0])
+  # Bone maps are 1 on the segment and fall off across it.
+  line = jnp.asarray([[[-0.5, 0.0625], [0.5, 0.0625]]], jnp.float32)  # along row 8 of 16 (centre 0.0625)
+  maps = np.asarray(model_lib.bone_maps(line, ((0, 1),), (16, 16), 0.1))[0, ..., 0]
+  np.testing.assert_allclose(maps[8, 4:12], 1.0, atol=1e-5)
+  assert maps[4, 8] < 0.1 and maps[8, 0] < maps[8, 2] < 1.0
+
+
+def test_bone_motion_moves_features_and_the_occlusion_map_scales_them():
+  bones = ((0, 1), (1, 2))
+  # Masks at full resolution (scale 1), so that the occlusion prior can be read pixel by pixel.
+  motion = model_lib.KeypointMotion(num_keypoints=3, bones=bones, occlusion=True, width=8, depth=1, scale=1)
+  appearance = jnp.asarray(_RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  features = [jnp.asarray(_RNG.normal(size=(2, 16, 16, 4)), jnp.float32)]
+  pose = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  params = motion.init(_KEY, pose, pose, appearance, features)['params']
+  # Masks forced onto bone 0 and everything visible: a whole-body shift of 0.25 moves the features by 2 pixels.
+  params['Conv_0'] = {'kernel': jnp.zeros_like(params['Conv_0']['kernel']), 'bias': jnp.array([-30.0, 30.0, -30.0])}
+  params['Conv_1'] = {'kernel': jnp.zeros_like(params['Conv_1']['kernel']), 'bias': jnp.array([30.0])}
+  (moved,) = motion.apply({'params': params}, pose, pose + jnp.array([0.25, 0.0]), appearance, features)
+  np.testing.assert_allclose(moved[:, :, :-2], features[0][:, :, 2:], atol=1e-4)
+  # Masks forced onto the background (no motion): the features come back unmoved except where the appearance's own
+  # body is (its bones' maps), which the occlusion prior hides, so that the body does not stay where it stood.
+  params['Conv_0'] = {'kernel': params['Conv_0']['kernel'], 'bias': jnp.array([30.0, -30.0, -30.0])}
+  body = jnp.asarray([[[-0.5, 0.0625], [0.5, 0.0625], [0.5, 0.0625]]] * 2, jnp.float32)  # along row 8 of 16
+  (kept,) = motion.apply({'params': params}, pose, body, appearance, features)
+  np.testing.assert_allclose(kept[:, 0], features[0][:, 0], atol=1e-4)  # far from the body
+  np.testing.assert_allclose(kept[:, 8, 6:10], 0.0, atol=1e-2)
+  # Nothing visible: the generator gets no features to copy.
+  params['Conv_1'] = {'kernel': params['Conv_1']['kernel'], 'bias': jnp.array([-30.0])}
+  (hidden,) = motion.apply({'params': params}, pose, pose, appearance, features)
+  np.testing.assert_allclose(hidden, 0.0, atol=1e-9)
+
+
+def test_retargeting_starts_as_the_identity_and_needs_the_warp():
+  net = model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4, 4), widths=(4, 4, 4), warp=True, retarget=True,
+                         bones=((0, 1), (1, 2)), occlusion=True)
+  image = jnp.asarray(_RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  variables = net.init(_KEY, image, image)
+  pose = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  appearance = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  drawn = net.apply(variables, pose, appearance, method=model_lib.DFCNet.retarget_keypoints)
+  np.testing.assert_allclose(drawn, pose, atol=1e-7)
+  # Once trained, it moves them.
+  variables['params']['retargeter']['Dense_2']['kernel'] += 0.1
+  moved = net.apply(variables, pose, appearance, method=model_lib.DFCNet.retarget_keypoints)
+  assert np.abs(np.asarray(moved) - np.asarray(pose)).min() > 0
+  for switch in ('retarget', 'occlusion'):
+    with pytest.raises(ValueError, match='need warp=True'):
+      model_lib.DFCNet(num_keypoints=3, **{switch: True}).init(_KEY, image, image)
+  with pytest.raises(ValueError, match='below num_keypoints=3'):
+    model_lib.DFCNet(num_keypoints=3, warp=True, bones=((0, 3),)).init(_KEY, image, image)
+
+
 def test_instance_norm_erases_intensity_and_norm_none_keeps_it():
   # A target and a dimmer copy of it (x / 2): bias-free convs and instance norm make the static features, hence the
   # output, blind to such a change of the target's colours (what made the demo output washed-out blobs); with

@@ -19,10 +19,13 @@ _DISCRIMINATOR = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_la
 _KEY = jax.random.key(0, impl='rbg')
 
 
-def _batch(n: int, size: int = 16) -> dict[str, np.ndarray]:
+def _batch(n: int, size: int = 16, num_joints: int = 2) -> dict[str, np.ndarray]:
   keys = ('source', 'target', 'truth', 'support_source', 'support_target')
   rng = np.random.default_rng(0)
-  return {k: rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32) for k in keys}
+  batch = {k: rng.uniform(0, 1, (n, size, size, 3)).astype(np.float32) for k in keys}
+  batch.update({k: rng.uniform(0, size, (n, num_joints, 2)).astype(np.float32)
+                for k in ('source_joints', 'target_joints', 'truth_joints')})
+  return batch
 
 
 def test_step_on_eight_devices_equals_one_device():
@@ -30,15 +33,15 @@ def test_step_on_eight_devices_equals_one_device():
   # Plain SGD: Adam's first step is lr * sign(gradient), which turns float noise in ~zero gradients into lr-sized
   # differences.
   tx = optax.sgd(0.1)
-  # With the demo's switches (keypoint warp, learned sharpening, pose-conditioned discriminator, equivariance and
-  # separation priors, normalised perceptual pyramid), so that they are checked under sharding too (the smoke run
-  # below trains without them).
+  # With the demo's switches (keypoint warp with bone motion, occlusion and retargeting, learned sharpening,
+  # pose-conditioned discriminator, equivariance and separation priors, joint supervision, normalised perceptual
+  # pyramid), so that they are checked under sharding too (the smoke run below trains without them).
   generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, amplifier='sharpen',
-                               learn_sharpen=True)
+                               learn_sharpen=True, bones=((0, 1),), occlusion=True, retarget=True)
   discriminator = model_lib.MultiScaleDiscriminator(num_scales=2, width=4, num_layers=2, pose_condition=True)
   state = dfc_steps.create_train_state(jax.random.PRNGKey(0), generator, discriminator, tx, tx, (1, 16, 16, 3))
   config = losses.LossConfig(vgg_layers=1, equivariance=1.0, separation=1.0, perceptual_normalize=True,
-                             perceptual_scales=2)
+                             perceptual_scales=2, joint_supervision=1.0)
   step = functools.partial(dfc_steps.train_step, generator=generator, discriminator=discriminator, config=config,
                            vgg_params=losses.vgg16_params(1), key=_KEY)
   batch = _batch(8)
@@ -53,7 +56,7 @@ def test_step_on_eight_devices_equals_one_device():
   (params_1, metrics_1), (params_8, metrics_8) = results
   assert set(metrics_1) >= {'loss', 'd_loss', 'l1', 'perceptual', 'adversarial', 'feature_matching',
                             'pose_consistency', 'static_consistency', 'self_reconstruction', 'equivariance',
-                            'separation'}
+                            'separation', 'joint_supervision'}
   for name in metrics_1:
     np.testing.assert_allclose(metrics_8[name], metrics_1[name], rtol=1e-4, atol=1e-6, err_msg=name)
   # The updates agree to float32 reduction-order noise (L1-type losses turn it into sign flips of tiny residuals),
@@ -84,14 +87,45 @@ def test_consistency_gradients_reach_the_generator_through_the_reencoding():
   assert static['generator'] > 0 and static['static_encoder'] > 0
   # Pose consistency trains the generator to draw the source's pose, never E_p: constant keypoints would zero it.
   # With the learned sharpening and the warp (where E_p's keypoints also steer the motion) too.
+  # With the learned sharpening, the warp, bone motion and retargeting too.
   for generator in (_GENERATOR, model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True,
-                                                 amplifier='sharpen', learn_sharpen=True)):
+                                                 amplifier='sharpen', learn_sharpen=True),
+                    model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, bones=((0, 1),),
+                                     occlusion=True, retarget=True)):
     params = g_params if generator is _GENERATOR else jax.jit(generator.init)(_KEY, image, image)['params']
     grads, pose = grads_of(generator, params, pose_consistency=1.0, static_consistency=0.0)
     assert pose['generator'] > 0 and pose['static_encoder'] > 0
     jax.tree.map(lambda g: np.testing.assert_array_equal(g, 0.0), grads['pose_encoder'])
     if 'log_sharpen' in grads:
       assert float(grads['log_sharpen']) == 0.0
+
+
+def test_joint_supervision_trains_the_pose_encoder_towards_the_true_joints():
+  generator = model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4), widths=(4, 4), warp=True, bones=((0, 1),),
+                               retarget=True)
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(generator.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  off = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
+             use_consistency=False, use_support=False)
+  loss_fn = lambda g, w: dfc_steps._generator_loss(  # noqa: E731
+      g, d_params, batch, 0, generator=generator, discriminator=_DISCRIMINATOR,
+      config=losses.LossConfig(joint_supervision=w, **off), vgg_params=None)
+  total, (parts, _, _) = loss_fn(g_params, 2.0)
+  # The first J = 2 of the 3 keypoints against the joints in [-1, 1] units; the retargeted (drawn) source keypoints
+  # against the truth's joints.
+  to_unit = lambda k: batch[k] / 16 * 2 - 1  # noqa: E731
+  code = generator.apply({'params': g_params}, dfc_steps.to_model_range(
+      np.concatenate([batch['source'], batch['target']])), method=model_lib.DFCNet.encode_pose)
+  source_kp, target_kp = code.keypoints[:2], code.keypoints[2:]
+  drawn = generator.apply({'params': g_params}, source_kp, target_kp, method=model_lib.DFCNet.retarget_keypoints)
+  expected = sum(float(np.mean(np.abs(kp[:, :2] - to_unit(k)))) for kp, k in
+                 ((source_kp, 'source_joints'), (target_kp, 'target_joints'), (drawn, 'truth_joints')))
+  np.testing.assert_allclose(parts['joint_supervision'], expected, rtol=1e-5)
+  np.testing.assert_allclose(total, 2.0 * expected, rtol=1e-5)
+  grads = jax.grad(lambda g: loss_fn(g, 1.0)[0])(g_params)
+  assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads['pose_encoder'])) > 0
 
 
 def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():

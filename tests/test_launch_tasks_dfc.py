@@ -19,6 +19,7 @@ from dfc_jax import model as model_lib
 from input_pipeline import errors
 from input_pipeline import images
 from input_pipeline import pose_data
+from input_pipeline import puppets
 from launch import checkpoints
 from launch import dfc_files
 from launch import trainer
@@ -175,8 +176,30 @@ def test_config_variants_combine_in_order():
   assert dfc_config.get_config('smoke').data.name == 'puppets'
   with pytest.raises(errors.ConfigArgumentError, match='unknown: bogus'):
     dfc_config.get_config('smoke,bogus')
-  with pytest.raises(errors.ConfigArgumentError, match='need one or more of smoke, demo, paper, frames'):
+  with pytest.raises(errors.ConfigArgumentError, match='need one or more of smoke, demo, unsupervised, paper, frames'):
     dfc_config.get_config('')
+
+
+def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders():
+  demo = dfc_config.get_config('demo')
+  names = [tuple(puppets.JOINT_NAMES[i] for i in bone) for bone in demo.model.bones]
+  assert tuple(names) == puppets.BONES and demo.model.num_keypoints == puppets.NUM_JOINTS
+  # The unsupervised variant is the same model with learned keypoints that each move by a translation.
+  unsupervised = dfc_config.get_config('demo,unsupervised')
+  assert (unsupervised.loss.joint_supervision, unsupervised.model.bones) == (0.0, None)
+  assert unsupervised.model.retarget and unsupervised.model.occlusion
+  # Joint supervision reads the renderer's joints from the training batches; video frames have none.
+  smoke = dfc_config.get_config('smoke')
+  smoke.loss.joint_supervision = 1.0
+  element = next(iter(dfc_task.make_task(smoke).train_dataset(seed=0, process_index=0, process_count=1)))
+  for key in pose_data.JOINT_KEYS:
+    assert element[key].shape == (smoke.batch_size, puppets.NUM_JOINTS, 2)
+  sampler = puppets.PuppetSampler(pose_data.make_world(smoke.data), 'train', smoke.data.image_size)
+  np.testing.assert_array_equal(element['truth_joints'][0], sampler.paired(0)['truth_joints'])
+  frames = dfc_config.get_config('frames,smoke')
+  frames.data.frames_dir = '/nonexistent'
+  with pytest.raises(errors.DataConfigError, match='joint_supervision=0'):
+    pose_data.make_train_dataset(frames.data, seed=0, batch_size=8, with_joints=True)
 
 
 def test_checkpoints_from_before_video_frames_and_equivariance_resume():

@@ -56,8 +56,8 @@ def _loss_defaults() -> ml_collections.ConfigDict:
       l1=10.0, perceptual=10.0, vgg_layers=5, perceptual_normalize=False, perceptual_scales=1, adversarial=1.0,
       feature_matching=10.0, adversarial_warmup_steps=0, adversarial_ramp_steps=0, pose_consistency=1.0,
       static_consistency=1.0, self_reconstruction=10.0, support=1.0, equivariance=0.0, equivariance_rotation=15.0,
-      equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0, separation_sigma=0.1, gan_type='hinge',
-      use_consistency=True))
+      equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0, separation_sigma=0.1,
+      joint_supervision=0.0, gan_type='hinge', use_consistency=True))
 
 
 # input_pipeline.pose_data.FRAMES_DEFAULTS: the video-frames fields of config.data.
@@ -65,7 +65,9 @@ _FRAMES_DEFAULTS = {'frames_dir': None, 'test_frames_dir': None, 'support_frames
                     'holdout_fraction': 0.1, 'cache_frames': True}
 
 
-VARIANTS = ('smoke', 'demo', 'paper', 'frames')
+VARIANTS = ('smoke', 'demo', 'unsupervised', 'paper', 'frames')
+# input_pipeline.puppets.BONES as indices into its JOINT_NAMES (tests/test_launch_tasks_dfc.py keeps them in step).
+_PUPPET_BONES = ((0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (9, 10), (10, 11), (12, 13), (13, 14))
 
 
 def get_config(variants: str = 'demo') -> ml_collections.ConfigDict:
@@ -87,12 +89,12 @@ def _base_config() -> ml_collections.ConfigDict:
   config.task = 'dfc'
   config.seed = 0
   config.model = ml_collections.ConfigDict(dict(
-      num_keypoints=16, pose_widths=(32, 64, 128, 256), widths=(32, 64, 128, 256), amplifier='gain',
+      num_keypoints=16, pose_widths=(32, 64, 128, 256), pose_context=0, widths=(32, 64, 128, 256), amplifier='gain',
       sharpen_factor=4.0, gain_init=10.0, sigma=0.1, injection='concat',
       # Instance norm in the static encoder and generator erases the target's colours (outputs were washed-out
       # blobs); see DFCNet.norm. static_levels None: static skips at every scale.
       norm='none', static_levels=ml_collections.FieldReference(None, field_type=int), warp=False,
-      learn_sharpen=False))
+      learn_sharpen=False, bones=None, occlusion=False, retarget=False))
   config.discriminator = ml_collections.ConfigDict(dict(num_scales=2, width=64, num_layers=3, pose_condition=False))
   config.loss = _loss_defaults()
   # The discriminator's rate is d_learning_rate_ratio x learning_rate (the generator's).
@@ -145,12 +147,18 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # identity task the generator would solve by copying).
     config.model.warp = True
     config.loss.self_reconstruction = 0.0
+    # The occlusion map lets the generator paint the background the target's body covered; retargeting draws the
+    # target's body (its limb lengths, size, ground line) in the source's pose, not the source's body.
+    config.model.occlusion = True
+    config.model.retarget = True
+    # Joint supervision (the 'unsupervised' variant turns it off): the 15 keypoints are the renderer's joints, so
+    # bones between them move as rigid parts.
+    config.model.num_keypoints = 15
+    config.model.bones = _PUPPET_BONES
+    config.loss.joint_supervision = 100.0
     # Sharpening with a learned temperature (with the gain alone the keypoints collapsed to the centre).
     config.model.amplifier = 'sharpen'
     config.model.learn_sharpen = True
-    # Keypoints that follow the image content, and stay apart.
-    config.loss.equivariance = 10.0
-    config.loss.separation = 1.0
     # A discriminator that sees the pose it must judge.
     config.discriminator.update(width=16, num_layers=3, pose_condition=True)
     # Normalised perceptual loss on VGG16's first two blocks at two scales; less weight on L1, which favours the
@@ -170,10 +178,18 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.optimizer.d_learning_rate_ratio = 0.5
     config.eval.update(num_samples=64, calibration_samples=256)
     config.batch_size = 8
-    config.num_steps = 500
+    config.num_steps = 1200
     config.log_every = 50
-    config.eval_every = 250
+    config.eval_every = 600
     config.checkpoint_every = 100
+  elif variant == 'unsupervised':
+    # The paper's premise: keypoints learned from the images alone, each moving by a translation.
+    config.model.num_keypoints = 16
+    config.model.bones = None
+    config.loss.joint_supervision = 0.0
+    # Keypoints that follow the image content, and stay apart.
+    config.loss.equivariance = 10.0
+    config.loss.separation = 1.0
   elif variant in ('paper', 'frames'):
     config.data.image_size = 128
     config.batch_size = 16

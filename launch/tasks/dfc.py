@@ -114,13 +114,16 @@ class DFCTask(task_lib.Task):
 
   name = 'dfc'
   # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
-  # sharpening, the pose-conditioned discriminator, the normalised perceptual loss and the separation prior used none.
+  # sharpening, the pose-conditioned discriminator, the normalised perceptual loss, the separation prior, bone
+  # motion, the occlusion map, retargeting and joint supervision used none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith('equivariance')},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
-                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800}
+                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'model.bones': None,
+                          'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
+                          'model.pose_context': 0}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -143,7 +146,8 @@ class DFCTask(task_lib.Task):
 
   def train_dataset(self, *, seed: int, process_index: int, process_count: int):
     return pose_data.make_train_dataset(self.config.data, seed=seed, batch_size=self.config.batch_size,
-                                        process_index=process_index, process_count=process_count)
+                                        process_index=process_index, process_count=process_count,
+                                        with_joints=self.loss_config.joint_supervision > 0)
 
   def init_state(self, key: jax.Array, example_batch) -> dfc_steps.TrainState:
     opt = self.config.optimizer
