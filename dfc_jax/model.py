@@ -78,11 +78,9 @@ class ConvNormAct(nn.Module):
 
 
 class PoseEncoder(nn.Module):
-  """Conv stack (stride 1, then one stride-2 stage per further width, then context_layers more convs at the heatmap
-  scale) -> K heatmap logits at 1/2^(stages)."""
+  """Conv stack (stride 1, then one stride-2 stage per further width) -> K heatmap logits at 1/2^(stages)."""
   widths: Sequence[int] = (32, 64, 128, 256)
   num_keypoints: int = 16
-  context_layers: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -91,8 +89,6 @@ class PoseEncoder(nn.Module):
     for width in self.widths[1:]:
       x = ConvNormAct(width, stride=2, dtype=self.dtype)(x)
       x = ConvNormAct(width, dtype=self.dtype)(x)
-    for _ in range(self.context_layers):
-      x = ConvNormAct(self.widths[-1], dtype=self.dtype)(x)
     return nn.Conv(self.num_keypoints, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
 
 
@@ -312,8 +308,6 @@ class DFCNet(nn.Module):
     num_keypoints: K soft-argmax keypoints.
     pose_widths / widths: channel widths of the pose encoder and of the static encoder and generator; one scale
       per width (1, 1/2, 1/4, 1/8 for four).
-    pose_context: more convs at the pose encoder's heatmap scale (not in the design): which limb a pixel belongs to
-      needs context beyond its neighbourhood.
     amplifier: 'sharpen' (heatmap logits x sharpen_factor before the softmax), 'gain' (rendered pose maps x a
       learnable per-keypoint gain initialised to gain_init), 'both', or 'off' (ablation).
     learn_sharpen: the sharpening factor is a learned parameter (exp of 'log_sharpen', starting at
@@ -338,7 +332,6 @@ class DFCNet(nn.Module):
   """
   num_keypoints: int = 16
   pose_widths: Sequence[int] = (32, 64, 128, 256)
-  pose_context: int = 0
   widths: Sequence[int] = (32, 64, 128, 256)
   amplifier: str = 'gain'
   sharpen_factor: float = 4.0
@@ -365,7 +358,7 @@ class DFCNet(nn.Module):
       raise ValueError(f'static_levels must be in 1..{len(self.widths)} (the number of widths) or None, '
                        f'got {self.static_levels}')
     normalize = self.norm == 'instance'
-    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, self.pose_context, dtype=self.dtype)
+    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, dtype=self.dtype)
     self.static_encoder = StaticEncoder(self.widths, normalize, dtype=self.dtype)
     self.generator = Generator(self.widths, self.injection, normalize, self.static_levels, dtype=self.dtype)
     if self.amplifier in ('gain', 'both'):

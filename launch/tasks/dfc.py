@@ -122,8 +122,7 @@ class DFCTask(task_lib.Task):
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
                           'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'model.bones': None,
-                          'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
-                          'model.pose_context': 0}
+                          'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
