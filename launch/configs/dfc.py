@@ -3,12 +3,17 @@
 VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py: e.g. `:frames,smoke` is the video
 frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
-  demo:  64x64 puppets, a small network, 500 steps (measured: see README's DFC-Net table, with the time it took
-         on one contended CPU core). The copy shortcuts are off (all of the target's features reach the generator
+  demo:  64x64 puppets, a small network, 1200 steps (about 40 minutes on one CPU core; measured: see README's
+         DFC-Net table). The pose encoder's 15 keypoints are supervised with the renderer's joints
+         (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone), so bones
+         between them move the target's features as rigid parts (model.bones); the source's keypoints are
+         retargeted onto the target's body (model.retarget), and an occlusion map hides where the target's body
+         stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the generator
          warped by the keypoints' motion, no self-reconstruction, pose consistency does not train the pose encoder,
-         static consistency on Gram matrices) and the keypoints get what lets them correspond: 16x16 heatmaps, a
-         learned sharpening temperature, the equivariance and separation priors; a pose-conditioned discriminator
-         and a normalised two-scale perceptual loss.
+         static consistency on Gram matrices); 16x16 heatmaps with a learned sharpening temperature, a
+         pose-conditioned discriminator and a normalised two-scale perceptual loss.
+  unsupervised: with demo, the paper's premise: 16 keypoints learned without joints, each moving by a translation,
+         kept corresponding by the equivariance and separation priors (`:demo,unsupervised`).
   paper: 128x128 puppets with the design's widths (32/64/128/256), K = 16, batch 16.
   frames: the paper network on one person's video frames (EDN-style; the paper's second benchmark), without support
          data: --config.data.frames_dir=DIR. The last 10% of the frames are held out for evaluation (SSIM, PSNR,
@@ -26,8 +31,14 @@ the earlier demo's 2000 steps each ablated model scored as well as the full mode
   without support data: --config.data.support=False
 
 Not in the design, off in the paper variant, on in the demo:
-  a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the keypoints of a randomly rotated, scaled and
-    shifted source must be the source's keypoints moved the same way; transform ranges in
+  joint supervision, --config.loss.joint_supervision=WEIGHT (puppets only): the first 15 keypoints of the source
+    and the target must be their true joints, and the retargeted ones the truth's;
+  bone motion, --config.model.bones=((i, j), ...): keypoint pairs that move as similarities (first order);
+  retargeting, --config.model.retarget=True: an MLP of both images' keypoints moves the source's onto the
+    target's body (its limb lengths, size and ground line);
+  an occlusion map, --config.model.occlusion=True;
+  (demo,unsupervised) a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the keypoints of a randomly
+    rotated, scaled and shifted source must be the source's keypoints moved the same way; transform ranges in
     config.loss.equivariance_*), and a separation prior, --config.loss.separation=WEIGHT (keypoints of one image
     kept apart);
   a keypoint warp, --config.model.warp=True: the target's static features (every scale, full resolution included)
@@ -38,7 +49,6 @@ Not in the design, off in the paper variant, on in the demo:
     keypoints' Gaussian maps);
   a normalised perceptual loss, --config.loss.perceptual_normalize=True, on an image pyramid of
     --config.loss.perceptual_scales levels.
-Supervising the pose encoder with the renderer's joints is not implemented: the keypoints are learned.
 
 The config holds values only: config.loss has dfc_jax.losses.LossConfig's defaults and the frames fields of
 config.data input_pipeline.pose_data.FRAMES_DEFAULTS (tests/test_launch_tasks_dfc.py keeps them in step).
