@@ -64,7 +64,7 @@ def transfer_paths(checkpoint, source, target, out, *, step: int | None = None, 
 
 def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
                         step: int | None = None, sample_seed: int = 1, test_frames_dir: str | None = None,
-                        regressor_steps: int = 800) -> dict[str, dict[str, dict[str, float]]]:
+                        regressor_steps: int = 2000) -> dict[str, dict[str, dict[str, float]]]:
   """{split: {row: {metric: mean}}} of a checkpoint (rows 'model' and dfc_evaluate.TRIVIAL_ROWS, all on the same
   pairs); writes out/metrics.json and out/<split>.png.
 

@@ -34,7 +34,7 @@ _GRID_ROWS = flags.DEFINE_integer('grid_rows', 8, 'Rows of each PNG grid.')
 _SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 1,
                                     'Seed of the drawn test pairs; training-time evaluation draws seed 0.')
 _REGRESSOR_STEPS = flags.DEFINE_integer(
-    'regressor_steps', 800,
+    'regressor_steps', 2000,
     'Training steps of the fixed joint regressor that scores keypoint error (cached after the first run).')
 flags.mark_flags_as_required(['checkpoint', 'out'])
 

@@ -81,7 +81,7 @@ def regressor_cache_dir() -> pathlib.Path:
 
 
 def fixed_joint_regressor(data_config: ml_collections.ConfigDict, num_steps: int,
-                          num_renders: int = 1024) -> Callable[[np.ndarray], np.ndarray]:
+                          num_renders: int = 4096) -> Callable[[np.ndarray], np.ndarray]:
   """The fixed joint regressor (dfc_jax.joint_regressor) of a puppet world and image size, as images -> joints in
   pixels: trained on `num_renders` train-split pairs (their source and truth renders) for `num_steps`,
   deterministically, and cached (regressor_cache_dir) under a name that hashes everything it depends on. It never
