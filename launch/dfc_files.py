@@ -64,13 +64,14 @@ def transfer_paths(checkpoint, source, target, out, *, step: int | None = None, 
 
 def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibration_samples: int, grid_rows: int,
                         step: int | None = None, sample_seed: int = 1, test_frames_dir: str | None = None,
-                        regressor_steps: int = 2000) -> dict[str, dict[str, dict[str, float]]]:
+                        regressor_steps: int = 2000, regressor_renders: int = 4096
+                        ) -> dict[str, dict[str, dict[str, float]]]:
   """{split: {row: {metric: mean}}} of a checkpoint (rows 'model' and dfc_evaluate.TRIVIAL_ROWS, all on the same
   pairs); writes out/metrics.json and out/<split>.png.
 
   `splits` are puppet splits; a video-frames checkpoint is evaluated on its one test split (its held-out frames, or
-  `test_frames_dir`). Puppet keypoint error comes from the fixed joint regressor (trained for regressor_steps, or
-  read from its cache), never from the model's pose encoder.
+  `test_frames_dir`). Puppet keypoint error comes from the fixed joint regressor (trained for regressor_steps on
+  regressor_renders pairs, or read from its cache), never from the model's pose encoder.
   """
   data_config = dfc_task.training_data_config(checkpoint, step)
   if data_config.name == 'puppets':
@@ -89,7 +90,7 @@ def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibratio
   evaluator = dfc_evaluate.Evaluator(generator)
   joints_of = encoder_map = None
   if data_config.name == 'puppets':
-    joints_of = dfc_task.fixed_joint_regressor(data_config, regressor_steps)
+    joints_of = dfc_task.fixed_joint_regressor(data_config, regressor_steps, regressor_renders)
     encoder_map = evaluator.encoder_calibration(g_params,
                                                 pose_data.make_calibration_set(data_config, calibration_samples))
   results = {}

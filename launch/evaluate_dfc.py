@@ -36,6 +36,9 @@ _SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 1,
 _REGRESSOR_STEPS = flags.DEFINE_integer(
     'regressor_steps', 2000,
     'Training steps of the fixed joint regressor that scores keypoint error (cached after the first run).')
+_REGRESSOR_RENDERS = flags.DEFINE_integer(
+    'regressor_renders', 4096,
+    'Train-split pairs (their source and truth renders) the fixed joint regressor learns from.')
 flags.mark_flags_as_required(['checkpoint', 'out'])
 
 
@@ -45,7 +48,8 @@ def main(argv: list[str]) -> None:
   results = dfc_files.evaluate_checkpoint(
       _CHECKPOINT.value, _OUT.value, splits=_SPLITS.value, num_samples=_NUM_SAMPLES.value,
       calibration_samples=_CALIBRATION_SAMPLES.value, grid_rows=_GRID_ROWS.value, step=_STEP.value,
-      sample_seed=_SAMPLE_SEED.value, test_frames_dir=_TEST_FRAMES_DIR.value, regressor_steps=_REGRESSOR_STEPS.value)
+      sample_seed=_SAMPLE_SEED.value, test_frames_dir=_TEST_FRAMES_DIR.value, regressor_steps=_REGRESSOR_STEPS.value,
+      regressor_renders=_REGRESSOR_RENDERS.value)
   print(dfc_files.format_table(results))
 
 

@@ -105,7 +105,8 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   assert result.returncode == 1 and 'broken.png' in result.stderr and 'not a readable image' in result.stderr
   assert 'Traceback' not in result.stderr
   results = dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=['test_unseen_characters'],
-                                          num_samples=2, calibration_samples=8, grid_rows=2, regressor_steps=5)
+                                          num_samples=2, calibration_samples=8, grid_rows=2, regressor_steps=5,
+                                          regressor_renders=8)
   rows = results['test_unseen_characters']
   assert list(rows) == ['model', 'copy_target', 'background', 'blurred_target']
   image_metrics = {'ssim', 'psnr', 'lpips', 'iou', 'fg_l1', 'keypoint_error'}

@@ -125,7 +125,7 @@ def _base_config() -> ml_collections.ConfigDict:
       # Training steps of the fixed joint regressor that scores keypoint error (trained once per world and size,
       # then cached; launch.tasks.dfc.fixed_joint_regressor). 2000 steps on 4096 pairs: 1.57 / 2.07 px off on the
       # truths of the two 64x64 test splits (800 steps on 1024 pairs: 1.92 / 2.08), about 10 minutes on one core.
-      regressor_steps=2000))
+      regressor_steps=2000, regressor_renders=4096))
   config.keep_checkpoints = 3
   # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's default, one bfloat16 pass on
   # TPUs and TF32 on recent NVIDIA GPUs (float32 on CPUs). Evaluation and transfer always run at 'highest'.
@@ -142,7 +142,8 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.loss.vgg_layers = 1
     config.data.update(image_size=32, num_train_characters=4, num_test_characters=2, num_support_characters=2,
                        num_train_animations=4, num_test_animations=2, num_support_animations=2, workers=0)
-    config.eval.update(num_samples=2, calibration_samples=8, grid_rows=2, batch_size=2, regressor_steps=5)
+    config.eval.update(num_samples=2, calibration_samples=8, grid_rows=2, batch_size=2, regressor_steps=5,
+                       regressor_renders=8)
     config.batch_size = 8
     config.num_steps = 4
     config.log_every = 2

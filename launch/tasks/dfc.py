@@ -121,7 +121,8 @@ class DFCTask(task_lib.Task):
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
-                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'model.bones': None,
+                          'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'eval.regressor_renders': 1024,
+                          'model.bones': None,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0}
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -170,7 +171,7 @@ class DFCTask(task_lib.Task):
                          for split in pose_data.eval_splits(self.config.data, cfg.splits)}
       if self.config.data.name == 'puppets':  # only renders have true joints
         self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
-        self._joints_of = fixed_joint_regressor(self.config.data, cfg.regressor_steps)
+        self._joints_of = fixed_joint_regressor(self.config.data, cfg.regressor_steps, cfg.regressor_renders)
     g_params = state.params['generator']
     encoder_map = (None if self._calibration is None
                    else self._evaluator.encoder_calibration(g_params, self._calibration))
