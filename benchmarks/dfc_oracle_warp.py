@@ -80,31 +80,25 @@ def estimated_background(target: np.ndarray, silhouette: np.ndarray) -> np.ndarr
 def main(argv):
   del argv
   config = dfc_config.get_config('demo')
-  world = pose_data.make_world(config.data)
-  size = config.data.image_size
   joints_of = dfc_task.fixed_joint_regressor(config.data, config.eval.regressor_steps, config.eval.regressor_renders)
   evaluator = dfc_evaluate.Evaluator(model_lib.DFCNet())
   results = {}
   for split in config.eval.splits:
-    sampler = puppets.PuppetSampler(world, split, size, sample_seed=_SAMPLE_SEED.value)
     eval_set = pose_data.make_eval_set(config.data, split, _NUM_SAMPLES.value, sample_seed=_SAMPLE_SEED.value)
-    target_joints = []
-    for i in range(_NUM_SAMPLES.value):
-      _, character, _, target_pose = sampler._draw(i)  # pylint: disable=protected-access
-      target_joints.append(puppets.forward_kinematics(character, target_pose, size))
+    targets, silhouettes, target_joints = (eval_set[k] for k in ('target', 'target_silhouette', 'target_joints'))
+    backgrounds = [estimated_background(t, s) for t, s in zip(targets, silhouettes)]
     rows = {'exact truth joints, true background': [
-        warp_target(eval_set['target'][i], eval_set['target_silhouette'][i], target_joints[i],
-                    eval_set['truth_joints'][i], eval_set['truth_background'][i]) for i in range(_NUM_SAMPLES.value)]}
+        warp_target(targets[i], silhouettes[i], target_joints[i], eval_set['truth_joints'][i],
+                    eval_set['truth_background'][i]) for i in range(_NUM_SAMPLES.value)]}
     for noise in (float(n) for n in _JOINT_NOISE.value):
       rng = np.random.default_rng(0)
       # Per-axis sigma of 2-D Gaussian noise whose mean length is `noise` pixels.
       sigma = noise / np.sqrt(np.pi / 2)
       for name, key in ((f'truth joints +{noise:g} px, estimated background', 'truth_joints'),
                         (f'source joints +{noise:g} px, estimated background', 'source_joints')):
-        rows[name] = [warp_target(eval_set['target'][i], eval_set['target_silhouette'][i],
+        rows[name] = [warp_target(targets[i], silhouettes[i],
                                   target_joints[i] + rng.normal(0, sigma, target_joints[i].shape),
-                                  eval_set[key][i] + rng.normal(0, sigma, target_joints[i].shape),
-                                  estimated_background(eval_set['target'][i], eval_set['target_silhouette'][i]))
+                                  eval_set[key][i] + rng.normal(0, sigma, target_joints[i].shape), backgrounds[i])
                       for i in range(_NUM_SAMPLES.value)]
     results[split] = {name: evaluator.score(np.stack(outputs).astype(np.float32), eval_set, joints_of)
                       for name, outputs in rows.items()}
