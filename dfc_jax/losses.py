@@ -52,9 +52,12 @@ class LossConfig:
   separation: float = 0.0
   separation_sigma: float = 0.1
   # Auxiliary supervision with the renderer's joints (0: off, the unsupervised premise of the paper): the first J
-  # keypoints of the source and of the target must be their J true joints, and with DFCNet.retarget the keypoints
-  # the output is drawn in must be the truth's joints (mean L1 in [-1, 1] units, paired samples only).
+  # keypoints of the source, the target and the truth must be their J true joints, and with DFCNet.retarget the
+  # keypoints the output is drawn in must be the truth's joints (mean L1 in [-1, 1] units, paired samples only).
   joint_supervision: float = 0.0
+  # With joint supervision, the first pose_pretrain_steps steps train only the pose encoder (and the retargeter) on
+  # the joints: no generator or discriminator is run, so such a step costs little more than rendering its batch.
+  pose_pretrain_steps: int = 0
   gan_type: str = 'hinge'
   use_consistency: bool = True   # ablation "without consistency losses"
   use_support: bool = True       # ablation "without support data"
@@ -69,6 +72,9 @@ class LossConfig:
     if self.adversarial_warmup_steps < 0 or self.adversarial_ramp_steps < 0:
       raise ValueError(f'adversarial_warmup_steps and adversarial_ramp_steps must be >= 0, got '
                        f'{self.adversarial_warmup_steps} and {self.adversarial_ramp_steps}')
+    if self.pose_pretrain_steps < 0 or (self.pose_pretrain_steps and self.joint_supervision <= 0):
+      raise ValueError(f'pose_pretrain_steps ({self.pose_pretrain_steps}) must be >= 0, and > 0 only with '
+                       f'joint_supervision > 0 (got {self.joint_supervision}): it pretrains on the joints')
     ranges = {'equivariance_rotation': self.equivariance_rotation,
               'equivariance_log_scale': self.equivariance_log_scale, 'equivariance_shift': self.equivariance_shift}
     if any(value < 0 for value in ranges.values()):

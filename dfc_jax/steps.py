@@ -23,9 +23,13 @@ class TrainState:
   step: jax.Array
   params: dict[str, Any]        # {'generator': DFCNet params, 'discriminator': MultiScaleDiscriminator params}
   batch_stats: dict[str, Any]   # empty: DFC-Net uses instance norm only (kept for the checkpoint layout)
-  opt_state: dict[str, Any]     # {'generator': ..., 'discriminator': ...}
+  opt_state: dict[str, Any]     # {'generator': ..., 'discriminator': ...[, 'pose_pretrain': ...]}
   g_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
   d_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  # The pose pretraining's own optimizer (losses.LossConfig.pose_pretrain_steps), of pose_params(generator params):
+  # with g_tx, Adam's step count would run on through the pretraining while the other parameters' moments stayed 0,
+  # and its bias correction would then make their first updates ~30x too large.
+  pose_tx: optax.GradientTransformation | None = flax.struct.field(pytree_node=False, default=None)
 
 
 def make_optimizer(learning_rate: float, b1: float, b2: float, num_steps: int,
@@ -36,6 +40,11 @@ def make_optimizer(learning_rate: float, b1: float, b2: float, num_steps: int,
       [optax.constant_schedule(learning_rate),
        optax.linear_schedule(learning_rate, 0.0, max(1, num_steps - constant_steps))], [constant_steps])
   return optax.adam(schedule, b1=b1, b2=b2)
+
+
+def make_pose_pretrain_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
+  """Adam (b1 0.9, a supervised regression's) with a cosine decay to 0 over the pretraining's num_steps."""
+  return optax.adam(optax.cosine_decay_schedule(learning_rate, max(1, num_steps)))
 
 
 def to_model_range(images: jax.Array) -> jax.Array:
@@ -50,14 +59,16 @@ def to_unit_range(images: jax.Array) -> jax.Array:
 
 def create_train_state(key: jax.Array, generator: model_lib.DFCNet, discriminator: model_lib.MultiScaleDiscriminator,
                        g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation,
-                       image_shape: tuple[int, int, int, int] = (1, 64, 64, 3)) -> TrainState:
-  """Fresh generator and discriminator parameters with their optimizer states (deterministic from `key`)."""
+                       image_shape: tuple[int, int, int, int] = (1, 64, 64, 3),
+                       pose_tx: optax.GradientTransformation | None = None) -> TrainState:
+  """Fresh generator and discriminator parameters with their optimizer states (deterministic from `key`); pose_tx:
+  the pose pretraining's optimizer (make_pose_pretrain_optimizer), when it pretrains."""
   # Jitted: initialising op by op dispatches hundreds of tiny computations, which is slow on a CPU.
   return jax.jit(functools.partial(_init_state, generator=generator, discriminator=discriminator, g_tx=g_tx,
-                                   d_tx=d_tx, image_shape=tuple(image_shape)))(key)
+                                   d_tx=d_tx, image_shape=tuple(image_shape), pose_tx=pose_tx))(key)
 
 
-def _init_state(key, *, generator, discriminator, g_tx, d_tx, image_shape) -> TrainState:
+def _init_state(key, *, generator, discriminator, g_tx, d_tx, image_shape, pose_tx) -> TrainState:
   # The initialisers draw from an 'rbg' key seeded by `key`: XLA compiles threefry's unrolled rounds for every
   # parameter, which makes initialisation compile ~7x slower on a CPU.
   rbg_key = jax.random.key(jax.random.bits(key, dtype=jnp.uint32), impl='rbg')
@@ -66,13 +77,20 @@ def _init_state(key, *, generator, discriminator, g_tx, d_tx, image_shape) -> Tr
   g_params = generator.init(g_key, image, image)['params']
   pose_maps = jnp.zeros((*image_shape[:3], generator.num_keypoints)) if discriminator.pose_condition else None
   d_params = discriminator.init(d_key, image, image, pose_maps)['params']
+  opt_state = {'generator': g_tx.init(g_params), 'discriminator': d_tx.init(d_params)}
+  if pose_tx is not None:
+    opt_state['pose_pretrain'] = pose_tx.init(pose_params(g_params))
   return TrainState(step=jnp.zeros((), jnp.int32), params={'generator': g_params, 'discriminator': d_params},
-                    batch_stats={}, opt_state={'generator': g_tx.init(g_params), 'discriminator': d_tx.init(d_params)},
-                    g_tx=g_tx, d_tx=d_tx)
+                    batch_stats={}, opt_state=opt_state, g_tx=g_tx, d_tx=d_tx, pose_tx=pose_tx)
 
 
 # The pose encoder's parameters (the learned sharpening is part of it).
 _POSE_PARAMS = ('pose_encoder', 'log_sharpen')
+
+
+def pose_params(g_params: dict[str, Any]) -> dict[str, Any]:
+  """The generator parameters the pose pretraining trains: the pose encoder's and the retargeter's."""
+  return {k: v for k, v in g_params.items() if k in (*_POSE_PARAMS, 'retargeter')}
 
 
 def _weighted(per_sample: jax.Array, num_paired: int, support_weight: float) -> jax.Array:
@@ -97,8 +115,8 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   n = source.shape[0]
   apply = lambda method, *args: generator.apply({'params': g_params}, *args, method=method)  # noqa: E731
 
-  # One pose-encoder pass for sources, targets (and warped sources), one decoder pass for transfers and
-  # self-reconstructions.
+  # One pose-encoder pass for sources, targets (and warped sources; and the truths under joint supervision), one
+  # decoder pass for transfers and self-reconstructions.
   pose_inputs = [source, target]
   if config.equivariance > 0:
     if key is None:
@@ -107,6 +125,8 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
                                              max_log_scale=config.equivariance_log_scale,
                                              max_shift=config.equivariance_shift)
     pose_inputs.append(transforms.warp_images(source, transform))
+  if config.joint_supervision > 0:
+    pose_inputs.append(truth)
   keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate(pose_inputs)).keypoints
   static = apply(model_lib.DFCNet.encode_static, target)
   # Transfers take the sources' keypoints, self-reconstructions the targets' own; with warp, both move the target.
@@ -129,7 +149,9 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
       'adversarial': _weighted(losses.generator_adversarial(d_fake, config.gan_type), num_paired, config.support),
       'feature_matching': jnp.mean(losses.feature_matching([[f[:num_paired] for f in o] for o in d_fake], d_real)),
   }
-  gan_scale = losses.adversarial_scale(step, config.adversarial_warmup_steps, config.adversarial_ramp_steps)
+  # The adversarial warmup counts from the end of the pose pretraining.
+  gan_scale = losses.adversarial_scale(step - config.pose_pretrain_steps, config.adversarial_warmup_steps,
+                                       config.adversarial_ramp_steps)
   weights = {'l1': config.l1, 'adversarial': gan_scale * config.adversarial,
              'feature_matching': gan_scale * config.feature_matching}
   if config.self_reconstruction > 0:
@@ -146,17 +168,12 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
     weights['separation'] = config.separation
   if config.equivariance > 0:
     moved = transforms.transform_points(keypoints[:n], transform)
-    parts['equivariance'] = _weighted(losses.l1(keypoints[2 * n:], moved), num_paired, config.support)
+    parts['equivariance'] = _weighted(losses.l1(keypoints[2 * n:3 * n], moved), num_paired, config.support)
     weights['equivariance'] = config.equivariance
   if config.joint_supervision > 0:
-    size = source.shape[1]
-    joints = {k: batch[k] / size * 2.0 - 1.0 for k in ('source_joints', 'target_joints', 'truth_joints')}
-    num_joints = joints['source_joints'].shape[1]
-    supervised = (jnp.mean(losses.l1(keypoints[:num_paired, :num_joints], joints['source_joints'])) +
-                  jnp.mean(losses.l1(keypoints[n:n + num_paired, :num_joints], joints['target_joints'])))
-    if generator.retarget:
-      supervised = supervised + jnp.mean(losses.l1(drawn_keypoints[:num_paired, :num_joints], joints['truth_joints']))
-    parts['joint_supervision'] = supervised
+    parts['joint_supervision'] = _joint_supervision(keypoints[:num_paired], keypoints[n:n + num_paired],
+                                                    keypoints[-num_paired:], drawn_keypoints[:num_paired], batch,
+                                                    generator)
     weights['joint_supervision'] = config.joint_supervision
   if config.use_consistency:
     # The output is re-encoded with gradients flowing into it (so into G). The pose term gives E_p none: constant
@@ -181,6 +198,50 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   parts['keypoint_spread'] = jnp.mean(jnp.std(keypoints[:n], axis=0))
   parts['adversarial_scale'] = gan_scale
   return total, (parts, output, condition)
+
+
+def _joint_supervision(source_keypoints, target_keypoints, truth_keypoints, drawn_keypoints, batch,
+                       generator: model_lib.DFCNet) -> jax.Array:
+  """Sum over the source, target and truth images (and, with retarget, the drawn keypoints against the truth's
+  joints) of the mean L1 between their first J keypoints and their J true joints, in [-1, 1] units."""
+  size = batch['source'].shape[1]
+  pairs = [(source_keypoints, 'source_joints'), (target_keypoints, 'target_joints'),
+           (truth_keypoints, 'truth_joints')]
+  if generator.retarget:
+    pairs.append((drawn_keypoints, 'truth_joints'))
+  num_joints = batch['source_joints'].shape[1]
+  return sum(jnp.mean(losses.l1(k[:, :num_joints], batch[name] / size * 2.0 - 1.0)) for k, name in pairs)
+
+
+def pose_pretrain_step(state: TrainState, batch: dict[str, jax.Array], *, generator: model_lib.DFCNet,
+                       config: losses.LossConfig, metric_shapes: dict[str, jax.ShapeDtypeStruct]
+                       ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """A step of the first losses.LossConfig.pose_pretrain_steps: the joint supervision alone trains pose_params
+  with state.pose_tx (create_train_state's pose_tx); the rest of the generator, the discriminator and their
+  optimizer states are not run and do not change. Metrics: those of metric_shapes (train_step's, from
+  jax.eval_shape), 0 but for 'joint_supervision', 'loss' and 'keypoint_spread'.
+  """
+  if state.pose_tx is None:
+    raise ValueError('pose_pretrain_step needs a TrainState made with pose_tx (create_train_state)')
+  g_params = state.params['generator']
+  images = to_model_range(jnp.concatenate([batch[k] for k in ('source', 'target', 'truth')]))
+
+  def loss_fn(trained):
+    g = {**g_params, **trained}
+    apply = lambda method, *args: generator.apply({'params': g}, *args, method=method)  # noqa: E731
+    source_kp, target_kp, truth_kp = jnp.split(apply(model_lib.DFCNet.encode_pose, images).keypoints, 3)
+    drawn = apply(model_lib.DFCNet.retarget_keypoints, source_kp, target_kp) if generator.retarget else source_kp
+    supervised = _joint_supervision(source_kp, target_kp, truth_kp, drawn, batch, generator)
+    return config.joint_supervision * supervised, (supervised, source_kp)
+
+  trained = pose_params(g_params)
+  (loss, (supervised, source_kp)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+  updates, pose_opt = state.pose_tx.update(grads, state.opt_state['pose_pretrain'], trained)
+  metrics = {k: jnp.zeros(v.shape, v.dtype) for k, v in metric_shapes.items()}
+  metrics.update(loss=loss, joint_supervision=supervised, keypoint_spread=jnp.mean(jnp.std(source_kp, axis=0)))
+  return state.replace(step=state.step + 1,
+                       params={**state.params, 'generator': {**g_params, **optax.apply_updates(trained, updates)}},
+                       opt_state={**state.opt_state, 'pose_pretrain': pose_opt}), metrics
 
 
 def _pose_condition(keypoints, image_size, generator: model_lib.DFCNet,
@@ -208,7 +269,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
                discriminator: model_lib.MultiScaleDiscriminator, config: losses.LossConfig,
                vgg_params: dict[str, Any] | None, key: jax.Array | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One generator update then one discriminator update on the generator's outputs before its update.
+  """One generator update then one discriminator update on the generator's outputs before its update (the steps
+  after config.pose_pretrain_steps; pose_pretrain_step before them).
 
   `key` is this step's randomness (the equivariance prior's transforms); steps without that prior draw none.
 
@@ -233,7 +295,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
       step=state.step + 1,
       params={'generator': optax.apply_updates(g_params, g_updates),
               'discriminator': optax.apply_updates(d_params, d_updates)},
-      opt_state={'generator': g_opt, 'discriminator': d_opt})
+      opt_state={**state.opt_state, 'generator': g_opt, 'discriminator': d_opt})
   return new_state, {'loss': g_loss, 'd_loss': d_loss, **parts, **d_parts}
 
 

@@ -8,7 +8,7 @@ their defaults, so the loop reads them as plain attributes.
 """
 import pathlib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import grain
@@ -68,6 +68,9 @@ class Task(Protocol):
     del directory
 
 
+StepFn = Callable[[State, Batch, jax.Array], tuple[State, dict[str, jax.Array]]]
+
+
 @runtime_checkable
 class PlatformDependent(Protocol):
   """Optional extra of a task whose step is best run differently per platform (CFI's view_batching='auto')."""
@@ -75,4 +78,17 @@ class PlatformDependent(Protocol):
   def train_step_for(self, platform: str) -> Callable[[State, Batch, jax.Array], tuple[State, dict[str, jax.Array]]]:
     """`train_step` for devices of `platform` ('cpu', 'gpu', 'tpu'): the platform the loop compiles the step for,
     which is not always jax's default backend."""
+    ...
+
+
+@runtime_checkable
+class Phased(Protocol):
+  """Optional extra of a task whose training runs different step programs over consecutive step ranges (DFC-Net's
+  pose pretraining). Each is its own compiled program: one program choosing between them with lax.cond would be
+  slower, as XLA's CPU backend runs the convolutions inside a conditional without its fast kernels (~30x here)."""
+
+  def train_phases(self) -> Sequence[tuple[int, StepFn]]:
+    """(first step, train step) pairs in step order, the first from step 0: each step function (train_step's
+    signature) runs while state.step is at or above its first step and below the next one's. Every phase's
+    metrics have the same names."""
     ...

@@ -29,6 +29,7 @@ checkpoint predates counts as the task's `added_field_defaults` value); any othe
 batch size, seed, ...) is refused, as is a different process count (the data iterator's state is saved per
 process). The device count may change.
 """
+import bisect
 import collections
 import json
 import pathlib
@@ -206,8 +207,10 @@ class _Logs:
       self.tb.close()
 
 
-def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh, matmul_precision: str = "default"):
-  """task.train_step jitted for `mesh`: (state, global batch, base key) -> (state, metrics).
+def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh, matmul_precision: str = "default",
+                    task_step: task_lib.StepFn | None = None):
+  """task.train_step (or `task_step`, one of a Phased task's steps) jitted for `mesh`: (state, global batch, base
+  key) -> (state, metrics).
 
   The step's key is fold_in(base key, state.step), so it depends only on the step number (exact resume). The
   state is donated: the caller must not reuse the state it passes in. Its float32 convolutions and matmuls run at
@@ -219,7 +222,8 @@ def make_train_step(task: task_lib.Task, mesh: jax.sharding.Mesh, matmul_precisi
   # The step is specialised to the platform of the devices it is compiled for, which need not be jax's default
   # backend (an ahead-of-time compile for a TPU from a CPU host: benchmarks/aot_report.py).
   platform = mesh.devices.flat[0].platform
-  task_step = task.train_step_for(platform) if isinstance(task, task_lib.PlatformDependent) else task.train_step
+  if task_step is None:
+    task_step = task.train_step_for(platform) if isinstance(task, task_lib.PlatformDependent) else task.train_step
 
   def step_fn(state, batch, key):
     with jax.default_matmul_precision(matmul_precision):
@@ -336,7 +340,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if process_index == 0:
     task.write_samples(workdir / "samples")
 
-  train_step = make_train_step(task, mesh, config.matmul_precision)
+  # One compiled program per phase (launch.task.Phased), each compiled when its first step comes.
+  phases = task.train_phases() if isinstance(task, task_lib.Phased) else ((0, None),)
+  phase_starts = [first for first, _ in phases]
+  phase_programs = {}
+
+  def train_step(state, batch, key, step: int):
+    """The program of the phase that loop step `step` (1-based; state.step is step - 1) falls in."""
+    phase = bisect.bisect_right(phase_starts, step - 1) - 1
+    if phase not in phase_programs:
+      phase_programs[phase] = make_train_step(task, mesh, config.matmul_precision, phases[phase][1])
+    return phase_programs[phase](state, batch, key)
 
   def last_good() -> str:
     latest = manager.latest_step()
@@ -385,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       while loaded < prefetch_horizon(step, config.checkpoint_every, config.num_steps):
         ahead.append(shard_batch(next(iterator), data_sharding))
         loaded += 1
-      state, metrics = train_step(state, ahead.popleft(), train_key)
+      state, metrics = train_step(state, ahead.popleft(), train_key, step)
       window = _start_window(metrics, state.step) if window is None else _add_to_window(window, metrics, state.step)
       bar.update(1)
       log_now = step % config.log_every == 0 or step == config.num_steps

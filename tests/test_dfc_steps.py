@@ -113,19 +113,59 @@ def test_joint_supervision_trains_the_pose_encoder_towards_the_true_joints():
       g, d_params, batch, 0, generator=generator, discriminator=_DISCRIMINATOR,
       config=losses.LossConfig(joint_supervision=w, **off), vgg_params=None)
   total, (parts, _, _) = loss_fn(g_params, 2.0)
-  # The first J = 2 of the 3 keypoints against the joints in [-1, 1] units; the retargeted (drawn) source keypoints
-  # against the truth's joints.
+  # The first J = 2 of the 3 keypoints of the source, the target and the truth against their joints in [-1, 1]
+  # units; the retargeted (drawn) source keypoints against the truth's joints.
   to_unit = lambda k: batch[k] / 16 * 2 - 1  # noqa: E731
   code = generator.apply({'params': g_params}, dfc_steps.to_model_range(
-      np.concatenate([batch['source'], batch['target']])), method=model_lib.DFCNet.encode_pose)
-  source_kp, target_kp = code.keypoints[:2], code.keypoints[2:]
+      np.concatenate([batch['source'], batch['target'], batch['truth']])), method=model_lib.DFCNet.encode_pose)
+  source_kp, target_kp, truth_kp = code.keypoints[:2], code.keypoints[2:4], code.keypoints[4:]
   drawn = generator.apply({'params': g_params}, source_kp, target_kp, method=model_lib.DFCNet.retarget_keypoints)
   expected = sum(float(np.mean(np.abs(kp[:, :2] - to_unit(k)))) for kp, k in
-                 ((source_kp, 'source_joints'), (target_kp, 'target_joints'), (drawn, 'truth_joints')))
+                 ((source_kp, 'source_joints'), (target_kp, 'target_joints'), (truth_kp, 'truth_joints'),
+                  (drawn, 'truth_joints')))
   np.testing.assert_allclose(parts['joint_supervision'], expected, rtol=1e-5)
   np.testing.assert_allclose(total, 2.0 * expected, rtol=1e-5)
   grads = jax.grad(lambda g: loss_fn(g, 1.0)[0])(g_params)
   assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads['pose_encoder'])) > 0
+
+
+def test_pose_pretraining_trains_only_the_pose_encoder_and_retargeter_then_the_whole_step_runs():
+  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, bones=((0, 1),),
+                               retarget=True, amplifier='sharpen', learn_sharpen=True)
+  config = losses.LossConfig(perceptual=0.0, joint_supervision=1.0, pose_pretrain_steps=1, adversarial_warmup_steps=1)
+  state = dfc_steps.create_train_state(_KEY, generator, _DISCRIMINATOR, optax.adam(1e-2), optax.adam(1e-2),
+                                       (1, 16, 16, 3), pose_tx=dfc_steps.make_pose_pretrain_optimizer(1e-2, 1))
+  full_step = jax.jit(functools.partial(dfc_steps.train_step, generator=generator, discriminator=_DISCRIMINATOR,
+                                        config=config, vgg_params=None))
+  batch = _batch(2)
+  metric_shapes = jax.eval_shape(full_step, state, batch)[1]
+  pretrained, pretrain_metrics = jax.jit(functools.partial(
+      dfc_steps.pose_pretrain_step, generator=generator, config=config, metric_shapes=metric_shapes))(state, batch)
+  before, after = state.params['generator'], pretrained.params['generator']
+  trained = set(dfc_steps.pose_params(before))
+  assert trained == {'pose_encoder', 'log_sharpen', 'retargeter'}
+  for name in before:
+    changed = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
+    assert changed == (name in trained), name
+  # The generator's and discriminator's own optimizers took no step (their schedules start after the pretraining).
+  for name in ('generator', 'discriminator'):
+    jax.tree.map(np.testing.assert_array_equal, state.opt_state[name], pretrained.opt_state[name])
+  jax.tree.map(np.testing.assert_array_equal, state.params['discriminator'], pretrained.params['discriminator'])
+  assert set(pretrain_metrics) == set(metric_shapes)
+  assert float(pretrain_metrics['joint_supervision']) > 0 and float(pretrain_metrics['l1']) == 0.0
+  # After the pretraining the whole step runs; the adversarial warm-up counts from the pretraining's end.
+  _, full_metrics = full_step(pretrained, batch)
+  assert float(full_metrics['l1']) > 0 and float(full_metrics['adversarial_scale']) == 0.0
+
+
+def test_pose_pretraining_needs_joint_supervision_and_its_optimizer():
+  with pytest.raises(ValueError, match='joint_supervision'):
+    losses.LossConfig(pose_pretrain_steps=10)
+  state = dfc_steps.create_train_state(_KEY, _GENERATOR, _DISCRIMINATOR, optax.sgd(0.1), optax.sgd(0.1),
+                                       (1, 16, 16, 3))
+  with pytest.raises(ValueError, match='pose_tx'):
+    dfc_steps.pose_pretrain_step(state, _batch(2), generator=_GENERATOR, metric_shapes={},
+                                 config=losses.LossConfig(joint_supervision=1.0, pose_pretrain_steps=1))
 
 
 def test_equivariance_prior_penalises_keypoints_that_ignore_the_image():

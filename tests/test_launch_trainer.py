@@ -9,6 +9,7 @@ import sys
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -59,6 +60,27 @@ def test_resume_is_bit_identical(tmp_path):
   straight = _train(tmp_path / "straight", num_steps=6)
   _train(tmp_path / "split", num_steps=3)
   resumed = _train(tmp_path / "split", num_steps=6)
+  _assert_trees_equal(straight, resumed)
+
+
+class _PhasedLinearTask(linear_task.LinearTask):
+  """Its first 3 steps only log the step number (state.step and params unchanged but for the count)."""
+
+  def train_phases(self):
+    def warmup(state, batch, key):
+      _, metrics = self.train_step(state, batch, key)
+      return state.replace(step=state.step + 1), {name: jnp.zeros_like(v) for name, v in metrics.items()}
+
+    return ((0, warmup), (3, self.train_step))
+
+
+def test_a_phased_task_runs_each_phase_on_its_steps_and_resumes_across_the_boundary_bit_identically(tmp_path):
+  straight = _train(tmp_path / "straight", task_cls=_PhasedLinearTask, num_steps=6, log_every=1)
+  losses = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "straight" / "metrics.jsonl").open())
+            if r["split"] == "train"}
+  assert [losses[s] == 0 for s in range(1, 7)] == [True] * 3 + [False] * 3
+  _train(tmp_path / "split", task_cls=_PhasedLinearTask, num_steps=2, log_every=1)
+  resumed = _train(tmp_path / "split", task_cls=_PhasedLinearTask, num_steps=6, log_every=1)
   _assert_trees_equal(straight, resumed)
 
 
@@ -269,6 +291,7 @@ _TRAIN_SCRIPT = """
 import sys
 sys.path.insert(0, "tests")
 import jax
+import jax.numpy as jnp
 import numpy as np
 from launch import cli, tasks, train, trainer
 

@@ -123,7 +123,8 @@ class DFCTask(task_lib.Task):
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
                           'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'eval.regressor_renders': 1024,
                           'model.bones': None,
-                          'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0}
+                          'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
+                          'loss.pose_pretrain_steps': 0}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -151,16 +152,36 @@ class DFCTask(task_lib.Task):
 
   def init_state(self, key: jax.Array, example_batch) -> dfc_steps.TrainState:
     opt = self.config.optimizer
-    make_tx = lambda rate: dfc_steps.make_optimizer(rate, opt.b1, opt.b2, self.config.num_steps,  # noqa: E731
-                                                    opt.decay_start)
+    pretrain_steps = self.loss_config.pose_pretrain_steps
+    if pretrain_steps >= self.config.num_steps:
+      raise ValueError(f'loss.pose_pretrain_steps ({pretrain_steps}) must be below num_steps '
+                       f'({self.config.num_steps})')
+    # The generator and discriminator schedules run over the steps after the pose pretraining (their optimizers
+    # take no step before).
+    make_tx = lambda rate: dfc_steps.make_optimizer(  # noqa: E731
+        rate, opt.b1, opt.b2, self.config.num_steps - pretrain_steps, opt.decay_start)
+    pose_tx = (dfc_steps.make_pose_pretrain_optimizer(opt.learning_rate, pretrain_steps) if pretrain_steps
+               else None)
     return dfc_steps.create_train_state(key, self.generator, self.discriminator, make_tx(opt.learning_rate),
                                         make_tx(opt.learning_rate * opt.d_learning_rate_ratio),
-                                        image_shape=(1, *example_batch['source'].shape[1:]))
+                                        image_shape=(1, *example_batch['source'].shape[1:]), pose_tx=pose_tx)
 
   def train_step(self, state, batch, key):
     # Only the equivariance prior's transforms use the key; the samples' randomness comes from the data pipeline.
     return dfc_steps.train_step(state, batch, generator=self.generator, discriminator=self.discriminator,
                                 config=self.loss_config, vgg_params=self._vgg_params, key=key)
+
+  def train_phases(self):
+    """The pose pretraining's steps (loss.pose_pretrain_steps), then train_step."""
+    if not self.loss_config.pose_pretrain_steps:
+      return ((0, self.train_step),)
+
+    def pretrain_step(state, batch, key):
+      metric_shapes = jax.eval_shape(self.train_step, state, batch, key)[1]
+      return dfc_steps.pose_pretrain_step(state, batch, generator=self.generator, config=self.loss_config,
+                                          metric_shapes=metric_shapes)
+
+    return ((0, pretrain_step), (self.loss_config.pose_pretrain_steps, self.train_step))
 
   def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray | None]:
     del step
