@@ -1,4 +1,5 @@
-"""DFC-Net train state and the G + D step: pure, jit-able, shardable over a 'data' axis (no collectives inside).
+"""DFC-Net train state, the G + D step and the pose pretraining step: pure, jit-able, shardable over a 'data' axis
+(no collectives inside).
 
 batch: {'source', 'target', 'truth'} float32 [B,H,W,3] in [0, 1] (paired), plus optionally
 {'support_source', 'support_target'} [B_sup,H,W,3] (unpaired support data, no ground truth) and, for joint

@@ -64,7 +64,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 class _PhasedLinearTask(linear_task.LinearTask):
-  """Its first 3 steps only log the step number (state.step and params unchanged but for the count)."""
+  """Its first 3 steps train nothing: they only advance state.step and log every metric as 0."""
 
   def train_phases(self):
     def warmup(state, batch, key):
