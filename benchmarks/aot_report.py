@@ -149,7 +149,9 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
     keys = pose_data.TRAIN_KEYS + (pose_data.SUPPORT_KEYS if config.data.support else ())
   else:
     raise UsageError(f'no batch shapes known for task {config.task!r}')
-  return {k: jax.ShapeDtypeStruct(shape, jnp.float32) for k in keys}
+  # A DFC render cache's batches carry 8-bit images (launch.tasks.dfc converts them in the step).
+  cached = config.task == 'dfc' and config.data.name == 'puppets' and config.data.get('render_cache', False)
+  return {k: jax.ShapeDtypeStruct(shape, jnp.uint8 if cached else jnp.float32) for k in keys}
 
 
 def _with_sharding(tree, sharding):

@@ -36,6 +36,7 @@ def main(argv):
   config.batch_size = _BATCH.value
   config.data.image_size = _SIZE.value
   config.data.workers = 0
+  config.data.render_cache = False  # one batch: rendering it beats building the whole train split's cache
   task = dfc_task.make_task(config)
   batch = next(iter(task.train_dataset(seed=0, process_index=0, process_count=1)))
   batch = jax.device_put(batch, device)

@@ -21,6 +21,7 @@ import numpy as np
 import tqdm
 
 from input_pipeline import errors
+from input_pipeline import puppet_cache
 from input_pipeline import puppets
 from input_pipeline import video_frames
 
@@ -53,9 +54,15 @@ def make_world(data_config: ml_collections.ConfigDict) -> puppets.PuppetWorld:
 class _TrainSample:
   """Index -> one training element; a picklable callable so that grain worker processes can run it."""
 
-  def __init__(self, world: puppets.PuppetWorld, size: int, seed: int, support: bool, with_joints: bool = False):
-    self.paired = puppets.PuppetSampler(world, 'train', size, sample_seed=seed)
-    self.support = puppets.PuppetSampler(world, 'support', size, sample_seed=seed) if support else None
+  def __init__(self, world: puppets.PuppetWorld, size: int, seed: int, support: bool, with_joints: bool = False,
+               render_cache_dir: str | None = None):
+    def sampler(split):
+      if render_cache_dir is None:
+        return puppets.PuppetSampler(world, split, size, sample_seed=seed)
+      directory = puppet_cache.ensure(world, split, size, render_cache_dir)
+      return puppet_cache.CachedPuppetSampler(world, split, size, directory, sample_seed=seed)
+    self.paired = sampler('train')
+    self.support = sampler('support') if support else None
     self.keys = TRAIN_KEYS + JOINT_KEYS if with_joints else TRAIN_KEYS
 
   def __call__(self, index: int) -> dict[str, np.ndarray]:
@@ -95,9 +102,14 @@ def eval_splits(data_config: ml_collections.ConfigDict, puppet_splits) -> tuple[
 
 
 def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int,
-                       process_index: int = 0, process_count: int = 1, with_joints: bool = False) -> grain.IterDataset:
+                       process_index: int = 0, process_count: int = 1, with_joints: bool = False,
+                       render_cache_dir: str | None = None) -> grain.IterDataset:
   """Infinite training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3], and with
   with_joints (puppets only) the renderer's JOINT_KEYS [b,J,2] in pixels.
+
+  render_cache_dir (puppets): read the train and support renders from a cache under this directory
+  (input_pipeline.puppet_cache, built on first use) instead of rendering every sample; the images are then uint8
+  (255 x, to be divided by 255 where the batch is used: images_to_float).
 
   b = batch_size // process_count; process p reads samples p, p + P, p + 2P, ... so processes never overlap. The
   iterator is checkpointable (grain.checkpoint.CheckpointSave).
@@ -109,7 +121,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
                                  f"the puppet renders have; data.name is {data_config.name!r}: set "
                                  f'--config.loss.joint_supervision=0')
   if data_config.name == 'puppets':
-    sample = _TrainSample(make_world(data_config), data_config.image_size, seed, data_config.support, with_joints)
+    sample = _TrainSample(make_world(data_config), data_config.image_size, seed, data_config.support, with_joints,
+                          render_cache_dir)
   elif data_config.name == 'frames':
     sample = video_frames.FrameTrainSample(frame_splits(data_config)[0], data_config.image_size,
                                            crop=video_frames.parse_crop(data_config.crop), seed=seed,
@@ -122,6 +135,11 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
   dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
   read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
   return dataset.to_iter_dataset(read_options)
+
+
+def images_to_float(batch, xp=np):
+  """The batch with its uint8 images (a render cache's) as float32 in [0, 1]; xp: numpy or jax.numpy."""
+  return {k: v.astype(xp.float32) / 255 if v.dtype == np.uint8 else v for k, v in batch.items()}
 
 
 def make_eval_set(data_config: ml_collections.ConfigDict, split: str, num_samples: int,

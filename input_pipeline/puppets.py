@@ -306,25 +306,44 @@ def _texture(pattern: int, frequency: float, u: np.ndarray, v: np.ndarray) -> np
 
 
 class _Canvas:
-  """Painter's-algorithm compositing of anti-aliased shapes on a pixel grid."""
+  """Painter's-algorithm compositing of anti-aliased shapes on a pixel grid.
+
+  Each shape is evaluated only inside its bounding box (every pixel outside it has zero coverage, so the result is
+  the same as painting the whole grid, about 10x faster at 128 px). Float64 throughout, as the full-grid
+  arithmetic promoted to; the render is cast to float32 once at the end.
+  """
 
   def __init__(self, background: np.ndarray):
-    size = background.shape[0]
-    centres = np.arange(size, dtype=np.float32) + 0.5
-    self.x, self.y = np.meshgrid(centres, centres)
-    self.image = background.copy()
-    self.coverage = np.zeros(background.shape[:2], np.float32)
+    self.size = background.shape[0]
+    self.centres = np.arange(self.size, dtype=np.float32) + 0.5
+    self.image = background.astype(np.float64)
+    self.coverage = np.zeros(background.shape[:2], np.float64)
 
-  def paint(self, alpha: np.ndarray, colour: np.ndarray):
+  def window(self, x_lo: float, x_hi: float, y_lo: float, y_hi: float):
+    """(rows, cols, x, y) of the pixels whose centres may lie in [x_lo, x_hi] x [y_lo, y_hi], x [1, w] and y [h, 1]
+    (they broadcast to the window); None when empty."""
+    cols = slice(max(0, math.floor(x_lo)), min(self.size, math.ceil(x_hi) + 1))
+    rows = slice(max(0, math.floor(y_lo)), min(self.size, math.ceil(y_hi) + 1))
+    if cols.start >= cols.stop or rows.start >= rows.stop:
+      return None
+    return rows, cols, self.centres[None, cols], self.centres[rows, None]
+
+  def paint(self, rows: slice, cols: slice, alpha: np.ndarray, colour: np.ndarray):
     alpha = alpha[..., None]
-    self.image = self.image * (1 - alpha) + colour * alpha
-    self.coverage = np.maximum(self.coverage, alpha[..., 0])
+    self.image[rows, cols] = self.image[rows, cols] * (1 - alpha) + colour * alpha
+    self.coverage[rows, cols] = np.maximum(self.coverage[rows, cols], alpha[..., 0])
 
   def capsule(self, a, b, ra, rb, colour_fn, scale):
-    """Tapered capsule from a (radius ra) to b (radius rb); colour_fn(u, v) gives [S, S, 3] colours."""
+    """Tapered capsule from a (radius ra) to b (radius rb); colour_fn(u, v) gives [h, w, 3] colours."""
+    reach = max(ra, rb) + 0.5  # coverage is zero beyond the radius plus half a pixel
+    window = self.window(min(a[0], b[0]) - reach, max(a[0], b[0]) + reach,
+                         min(a[1], b[1]) - reach, max(a[1], b[1]) + reach)
+    if window is None:
+      return
+    rows, cols, x, y = window
     ab = b - a
     length_sq = max(float(ab @ ab), 1e-9)
-    px, py = self.x - a[0], self.y - a[1]
+    px, py = x - a[0], y - a[1]
     t = np.clip((px * ab[0] + py * ab[1]) / length_sq, 0.0, 1.0)
     dx, dy = px - t * ab[0], py - t * ab[1]
     dist = np.sqrt(dx * dx + dy * dy)
@@ -336,11 +355,16 @@ class _Canvas:
     v = np.clip(cross / np.maximum(radius, 1e-6), -1.0, 1.0)
     u = t * math.sqrt(length_sq) / scale
     shade = (1.0 - 0.25 * v * v)[..., None]
-    self.paint(alpha, colour_fn(u, v) * shade)
+    self.paint(rows, cols, alpha, colour_fn(u, v) * shade)
 
   def disc(self, centre, radius, colour):
-    dist = np.sqrt((self.x - centre[0]) ** 2 + (self.y - centre[1]) ** 2)
-    self.paint(np.clip(radius - dist + 0.5, 0.0, 1.0), np.asarray(colour, np.float32))
+    reach = radius + 0.5
+    window = self.window(centre[0] - reach, centre[0] + reach, centre[1] - reach, centre[1] + reach)
+    if window is None:
+      return
+    rows, cols, x, y = window
+    dist = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2)
+    self.paint(rows, cols, np.clip(radius - dist + 0.5, 0.0, 1.0), np.asarray(colour, np.float32))
 
 
 def _clothing(primary, alternate, pattern, frequency, darken):
@@ -414,16 +438,22 @@ def render(character: Character, pose: Pose, size: int) -> Render:
 def _head(canvas: _Canvas, character: Character, pose: Pose, centre: np.ndarray, h: float):
   """Superellipse head with hair on top and eyes that follow the yaw (they vanish when facing away)."""
   rx, ry = character.head_rx * h, character.head_ry * h
+  p = character.head_power
+  # Coverage is zero where q >= 1 + 0.5 / min(rx, ry); there |lx| <= rx q and |ly| <= ry q, in any rotation.
+  reach = (rx + ry) * (1.0 + 0.5 / min(rx, ry))
+  window = canvas.window(centre[0] - reach, centre[0] + reach, centre[1] - reach, centre[1] + reach)
   angle = pose.lean + pose.tilt
   c, s = math.cos(angle), math.sin(angle)
-  dx, dy = canvas.x - centre[0], canvas.y - centre[1]
-  lx, ly = c * dx - s * dy, s * dx + c * dy  # head frame: ly < 0 is the top of the head
-  p = character.head_power
-  q = (np.abs(lx / rx) ** p + np.abs(ly / ry) ** p) ** (1.0 / p)
-  alpha = np.clip((1.0 - q) * min(rx, ry) + 0.5, 0.0, 1.0)
-  hair = ly < -ry * (1.0 - 2.0 * character.hair_fraction)
-  colour = np.where(hair[..., None], np.asarray(character.hair, np.float32), np.asarray(character.skin, np.float32))
-  canvas.paint(alpha, colour)
+  if window is not None:
+    rows, cols, x, y = window
+    dx, dy = x - centre[0], y - centre[1]
+    lx, ly = c * dx - s * dy, s * dx + c * dy  # head frame: ly < 0 is the top of the head
+    q = (np.abs(lx / rx) ** p + np.abs(ly / ry) ** p) ** (1.0 / p)
+    alpha = np.clip((1.0 - q) * min(rx, ry) + 0.5, 0.0, 1.0)
+    hair = ly < -ry * (1.0 - 2.0 * character.hair_fraction)
+    colour = np.where(hair[..., None], np.asarray(character.hair, np.float32),
+                      np.asarray(character.skin, np.float32))
+    canvas.paint(rows, cols, alpha, colour)
   facing = math.cos(pose.yaw)
   if facing > 0.1:
     eye_radius = max(0.12 * rx, 0.6)
@@ -481,13 +511,21 @@ class PuppetSampler:
       raise ValueError(f'split {split!r} needs at least 2 characters, has {len(self.characters)}')
     self._code = SPLITS.index(split)
 
-  def _draw(self, index: int):
+  def draw_indices(self, index: int) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+    """Sample `index` as indices into the split's pools: characters A and B, and (animation, frame) of the
+    source's pose and of the target's; the pose of (animation i, frame f) is animations[i].pose(f / frames)."""
     rng = np.random.default_rng([self.world.seed, _KIND_SAMPLE, self._code, self.sample_seed, index])
     a, b = rng.choice(len(self.characters), size=2, replace=False)
     frames = self.world.frames_per_animation
-    source_pose = self.animations[rng.integers(len(self.animations))].pose(rng.integers(frames) / frames)
-    target_pose = self.animations[rng.integers(len(self.animations))].pose(rng.integers(frames) / frames)
-    return self.characters[a], self.characters[b], source_pose, target_pose
+    source = (int(rng.integers(len(self.animations))), int(rng.integers(frames)))
+    target = (int(rng.integers(len(self.animations))), int(rng.integers(frames)))
+    return int(a), int(b), source, target
+
+  def _draw(self, index: int):
+    a, b, source, target = self.draw_indices(index)
+    frames = self.world.frames_per_animation
+    return (self.characters[a], self.characters[b], self.animations[source[0]].pose(source[1] / frames),
+            self.animations[target[0]].pose(target[1] / frames))
 
   def paired(self, index: int) -> dict[str, np.ndarray]:
     """source (character A, pose P), target (character B, another pose), truth (B in P) with its joints,

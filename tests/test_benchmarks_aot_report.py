@@ -55,8 +55,10 @@ def _aot_report(repo_root):
   return aot_report
 
 
-def test_batch_spec_matches_the_training_pipelines(aot_report):
-  for config in (cfi_configs.get_config('smoke'), dfc_configs.get_config('smoke')):
+def test_batch_spec_matches_the_training_pipelines(aot_report, tmp_path):
+  cached = dfc_configs.get_config('smoke')
+  cached.data.update(render_cache=True, render_cache_dir=str(tmp_path))  # uint8 images
+  for config in (cfi_configs.get_config('smoke'), dfc_configs.get_config('smoke'), cached):
     batch = next(iter(tasks.make_task(config).train_dataset(seed=0, process_index=0, process_count=1)))
     spec = aot_report.batch_spec(config)
     assert {k: (v.shape, v.dtype) for k, v in spec.items()} == {k: (v.shape, v.dtype) for k, v in batch.items()}

@@ -203,6 +203,22 @@ def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders(
     pose_data.make_train_dataset(frames.data, seed=0, batch_size=8, with_joints=True)
 
 
+def test_a_render_cache_feeds_uint8_images_that_the_step_takes_as_the_floats_they_stand_for(tmp_path):
+  assert dfc_config.get_config('paper').data.render_cache and not dfc_config.get_config('demo').data.render_cache
+  assert 'data.render_cache_dir' in dfc_task.DFCTask.resumable_fields
+  config = dfc_config.get_config('smoke')
+  config.data.update(render_cache=True, render_cache_dir=str(tmp_path))
+  task = dfc_task.make_task(config)
+  batch = next(iter(task.train_dataset(seed=0, process_index=0, process_count=1)))
+  assert {v.dtype for v in batch.values()} == {np.dtype(np.uint8)}
+  assert len(list(tmp_path.iterdir())) == 2  # train and support renders, built on first use
+  state = task.init_state(_KEY, batch)
+  _, from_bytes = jax.jit(task.train_step)(state, batch, _KEY)
+  _, from_floats = jax.jit(task.train_step)(state, pose_data.images_to_float(batch), _KEY)
+  for name, value in from_floats.items():
+    np.testing.assert_allclose(from_bytes[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_checkpoints_from_before_video_frames_and_equivariance_resume():
   config = dfc_config.get_config('demo')
   # A checkpoint from before the prior trained without it: the current demo turns it on, so compare with the demo

@@ -250,3 +250,17 @@ def test_frame_pairs_are_distinct():
   assert len(set(pairs)) == 40 and all(i != j and 0 <= i < 10 and 0 <= j < 10 for i, j in pairs)
   assert pairs == video_frames.frame_pairs(10, 40, seed=2) != video_frames.frame_pairs(10, 40, seed=3)
   assert sorted(video_frames.frame_pairs(3, 100)) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+
+
+def test_painting_each_shape_in_its_bounding_box_changes_no_pixel(monkeypatch):
+  # Shapes at the image border (a small canvas, a jump) included: the full-grid painting is the reference.
+  sampler = puppets.PuppetSampler(_WORLD, 'train', 20)
+  samples = [sampler.paired(i) for i in range(6)] + [puppets.PuppetSampler(_WORLD, 'train', 64).paired(0)]
+  monkeypatch.setattr(puppets._Canvas, 'window',  # pylint: disable=protected-access
+                      lambda canvas, *bounds: (slice(None), slice(None), canvas.centres[None, :],
+                                               canvas.centres[:, None]))
+  full_grid = [puppets.PuppetSampler(_WORLD, 'train', 20).paired(i) for i in range(6)]
+  full_grid.append(puppets.PuppetSampler(_WORLD, 'train', 64).paired(0))
+  for windowed, full in zip(samples, full_grid):
+    for key in windowed:
+      np.testing.assert_array_equal(windowed[key], full[key], err_msg=key)
