@@ -52,27 +52,34 @@ def make_world(data_config: ml_collections.ConfigDict) -> puppets.PuppetWorld:
 
 
 class _TrainSample:
-  """Index -> one training element; a picklable callable so that grain worker processes can run it."""
+  """Index -> one training element (PuppetSamplers), or indices [b] -> one training batch (CachedPuppetSamplers);
+  a picklable callable so that grain worker processes can run it."""
 
-  def __init__(self, world: puppets.PuppetWorld, size: int, seed: int, support: bool, with_joints: bool = False,
-               render_cache_dir: str | None = None):
-    def sampler(split):
-      if render_cache_dir is None:
-        return puppets.PuppetSampler(world, split, size, sample_seed=seed)
-      directory = puppet_cache.ensure(world, split, size, render_cache_dir)
-      return puppet_cache.CachedPuppetSampler(world, split, size, directory, sample_seed=seed)
-    self.paired = sampler('train')
-    self.support = sampler('support') if support else None
+  def __init__(self, paired, support, with_joints: bool):
+    self.paired, self.support = paired, support
     self.keys = TRAIN_KEYS + JOINT_KEYS if with_joints else TRAIN_KEYS
 
-  def __call__(self, index: int) -> dict[str, np.ndarray]:
-    sample = self.paired.paired(int(index))
+  def __call__(self, index) -> dict[str, np.ndarray]:
+    sample = self.paired.paired(index)
     element = {k: sample[k] for k in self.keys}
     if self.support is not None:
-      unpaired = self.support.unpaired(int(index))
+      unpaired = self.support.unpaired(index)
       element['support_source'] = unpaired['source']
       element['support_target'] = unpaired['target']
     return element
+
+
+def _puppet_samplers(data_config: ml_collections.ConfigDict, seed: int, render_cache_dir: str | None):
+  """The train split's sampler and the support split's (None without support data): rendering, or reading the
+  render caches under render_cache_dir."""
+  world, size = make_world(data_config), data_config.image_size
+
+  def sampler(split):
+    if render_cache_dir is None:
+      return puppets.PuppetSampler(world, split, size, sample_seed=seed)
+    directory = puppet_cache.ensure(world, split, size, render_cache_dir)
+    return puppet_cache.CachedPuppetSampler(world, split, size, directory, sample_seed=seed)
+  return sampler('train'), sampler('support') if data_config.support else None
 
 
 def frame_splits(data_config: ml_collections.ConfigDict) -> tuple[list, list]:
@@ -120,9 +127,15 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
     raise errors.DataConfigError(f'joint supervision (loss.joint_supervision > 0) needs true joints, which only '
                                  f"the puppet renders have; data.name is {data_config.name!r}: set "
                                  f'--config.loss.joint_supervision=0')
+  local_batch = batch_size // process_count
+  samples = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count]
+  read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
+  if data_config.name == 'puppets' and render_cache_dir is not None:
+    # A cache reads whole batches: one gather per image key instead of a copy per sample and a stack.
+    batch = _TrainSample(*_puppet_samplers(data_config, seed, render_cache_dir), with_joints)
+    return samples.batch(local_batch, drop_remainder=True).map(batch).to_iter_dataset(read_options)
   if data_config.name == 'puppets':
-    sample = _TrainSample(make_world(data_config), data_config.image_size, seed, data_config.support, with_joints,
-                          render_cache_dir)
+    sample = _TrainSample(*_puppet_samplers(data_config, seed, None), with_joints)
   elif data_config.name == 'frames':
     sample = video_frames.FrameTrainSample(frame_splits(data_config)[0], data_config.image_size,
                                            crop=video_frames.parse_crop(data_config.crop), seed=seed,
@@ -131,10 +144,7 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
   else:
     raise errors.DataConfigError(f'DFC training data {data_config.name!r} is not supported; use one of '
                                  f'{DATASETS}')
-  dataset = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count].map(sample)
-  dataset = dataset.batch(batch_size // process_count, drop_remainder=True)
-  read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
-  return dataset.to_iter_dataset(read_options)
+  return samples.map(sample).batch(local_batch, drop_remainder=True).to_iter_dataset(read_options)
 
 
 def images_to_float(batch, xp=np):

@@ -96,12 +96,14 @@ def ensure(world: puppets.PuppetWorld, split: str, size: int, root: str | os.Pat
 
 class CachedPuppetSampler:
   """PuppetSampler's samples (the same draws, deterministic from world seed, sample_seed and index), read from a
-  cache (ensure) instead of rendered: images as stored, uint8 (x / 255 is within 0.5/255 of the render; converting
-  a whole batch on the accelerator is cheaper than here, where fresh float32 arrays held a batch to ~20/s), joints
-  exact. paired() gives source, target and truth with their joints; evaluation keeps rendering (silhouettes,
+  cache (ensure) instead of rendered, a batch of indices at a time (one gather per image key, no per-sample arrays).
+
+  Images come as stored, uint8: x / 255 is within 0.5/255 of the render. Dividing a whole batch on the accelerator
+  is cheaper than here, where a fresh float32 array per sample held the host to ~20-40 batches/s. Joints are exact.
+  paired() gives source, target and truth with their joints; evaluation keeps rendering (silhouettes,
   backgrounds, full precision).
 
-  Picklable: each process (a grain worker included) maps the arrays on its first sample.
+  Picklable: each process (a grain worker included) maps the arrays on its first batch.
   """
 
   def __init__(self, world: puppets.PuppetWorld, split: str, size: int, directory: str | os.PathLike,
@@ -113,20 +115,28 @@ class CachedPuppetSampler:
   def __getstate__(self):
     return {**self.__dict__, '_arrays': None}
 
-  def _lookup(self, character: int, pose: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  def _draws(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Characters A, B [n] and (animation, frame) of the source's and the target's poses [n, 2] of `indices`."""
+    a, b, source_poses, target_poses = zip(*(self.sampler.draw_indices(int(i)) for i in indices))
+    return np.array(a), np.array(b), np.array(source_poses), np.array(target_poses)
+
+  def _gather(self, characters: np.ndarray, poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if self._arrays is None:
       self._arrays = tuple(np.load(self.directory / name, mmap_mode='r') for name in (_IMAGES, _JOINTS))
     images, joints = self._arrays
-    return np.array(images[character, pose[0], pose[1]]), np.array(joints[character, pose[0], pose[1]])
+    return (np.asarray(images[characters, poses[:, 0], poses[:, 1]]),
+            np.asarray(joints[characters, poses[:, 0], poses[:, 1]]))
 
-  def paired(self, index: int) -> dict[str, np.ndarray]:
-    a, b, source_pose, target_pose = self.sampler.draw_indices(index)
-    source, source_joints = self._lookup(a, source_pose)
-    target, target_joints = self._lookup(b, target_pose)
-    truth, truth_joints = self._lookup(b, source_pose)
+  def paired(self, indices) -> dict[str, np.ndarray]:
+    """Samples `indices`, stacked: source, target, truth [n, S, S, 3] uint8 and their joints [n, J, 2]."""
+    a, b, source_poses, target_poses = self._draws(indices)
+    source, source_joints = self._gather(a, source_poses)
+    target, target_joints = self._gather(b, target_poses)
+    truth, truth_joints = self._gather(b, source_poses)
     return {'source': source, 'target': target, 'truth': truth, 'source_joints': source_joints,
             'target_joints': target_joints, 'truth_joints': truth_joints}
 
-  def unpaired(self, index: int) -> dict[str, np.ndarray]:
-    a, b, source_pose, target_pose = self.sampler.draw_indices(index)
-    return {'source': self._lookup(a, source_pose)[0], 'target': self._lookup(b, target_pose)[0]}
+  def unpaired(self, indices) -> dict[str, np.ndarray]:
+    """Samples `indices`, stacked: source and target [n, S, S, 3] uint8."""
+    a, b, source_poses, target_poses = self._draws(indices)
+    return {'source': self._gather(a, source_poses)[0], 'target': self._gather(b, target_poses)[0]}
