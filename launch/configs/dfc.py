@@ -17,7 +17,7 @@ frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. 
          kept corresponding by the equivariance and separation priors (`:demo,unsupervised`).
   paper: 128x128 puppets with the design's widths (32/64/128/256), K = 16, batch 16; training reads the puppets
          from a cache of every train and support render, built on first use (data.render_cache: about 6 GB and
-         20 CPU-minutes at 128 px, split over the machine's cores).
+         7 CPU-minutes at 128 px, split over the machine's cores).
   frames: the paper network on one person's video frames (EDN-style; the paper's second benchmark), without support
          data: --config.data.frames_dir=DIR. The last 10% of the frames are held out for evaluation (SSIM, PSNR,
          LPIPS) unless --config.data.test_frames_dir gives separate ones; --config.data.crop is 'center' (the
@@ -176,7 +176,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.model.num_keypoints = 15
     config.model.bones = _PUPPET_BONES
     config.loss.joint_supervision = 100.0
-    # The pose encoder first learns the joints alone (~0.3 s a step, mostly rendering the batch), so the generator
+    # The pose encoder first learns the joints alone (~0.3 s a step, a third of it rendering), so the generator
     # trains on keypoints that are already close to the joints; the steps and schedules below count after it.
     config.loss.pose_pretrain_steps = 2000
     # Sharpening with a learned temperature (with the gain alone the keypoints collapsed to the centre).
