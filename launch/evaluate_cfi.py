@@ -11,7 +11,8 @@ score exactly what a file on disk holds. Colour images are converted to gray the
 
 Writes OUT/metrics_<dialect>.csv (per image), OUT/summary.md and OUT/summary.json (mean ± std per method, dialect
 named) and OUT/grid.png (IR | VIS | fused for the first --num_grid pairs). --baselines adds the plain average and
-the per-pixel maximum of the two sources as context rows. Pairs, --resize_to and --skip_bad work as in launch.fuse.
+the per-pixel maximum of the two sources, and each source alone, as context rows. Pairs, --resize_to and --skip_bad
+work as in launch.fuse.
 """
 import pathlib
 from collections.abc import Sequence
@@ -31,7 +32,8 @@ _OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Folder for the CSV/Markdo
 _DIALECT = flags.DEFINE_list('dialect', [metrics.DEFAULT_DIALECT],
                              f'Metric dialect(s), comma-separated: {", ".join(metrics.DIALECTS)}.')
 _NUM_GRID = flags.DEFINE_integer('num_grid', 4, 'Pairs shown in grid.png (0: no grid).', lower_bound=0)
-_BASELINES = flags.DEFINE_bool('baselines', False, 'Also score the average and the maximum of the two sources.')
+_BASELINES = flags.DEFINE_bool('baselines', False, 'Also score the average and the maximum of the two sources, and '
+                                'each source alone.')
 _METHOD = flags.DEFINE_string('method', None, 'Row label of the scored images (default: the folder/checkpoint name).')
 
 

@@ -21,7 +21,7 @@ from input_pipeline import images
 from input_pipeline import paired_folders
 from launch import fusion_files
 
-BASELINES = ('average', 'maximum')
+BASELINES = ('average', 'maximum', 'ir_alone', 'visible_alone')
 
 
 def _to_u8(img: np.ndarray) -> np.ndarray:
@@ -79,9 +79,11 @@ def load_fused(fused_index: dict[str, pathlib.Path], fused_dir: pathlib.Path, na
 
 
 def baseline_images(ir_gray: np.ndarray, vis_gray: np.ndarray) -> dict[str, np.ndarray]:
-  """Context rows: the plain average (rounded half up) and the per-pixel maximum of two gray uint8 sources."""
+  """Context rows (BASELINES): the plain average (rounded half up) and the per-pixel maximum of two gray uint8
+  sources, and each source alone (metrics that reward copying a source, such as VIF and SSIM, score it high)."""
   total = ir_gray.astype(np.uint16) + vis_gray
-  return {'average': ((total + 1) // 2).astype(np.uint8), 'maximum': np.maximum(ir_gray, vis_gray)}
+  return {'average': ((total + 1) // 2).astype(np.uint8), 'maximum': np.maximum(ir_gray, vis_gray),
+          'ir_alone': ir_gray, 'visible_alone': vis_gray}
 
 
 def score_pair(fused: np.ndarray, ir: np.ndarray, vis: np.ndarray, dialect: str, method: str,

@@ -122,7 +122,7 @@ def test_checkpoint_mode_with_baselines(tiny_setup, tmp_path):
   for dialect in ('tang2023', 'cddfuse'):
     rows = _read_csv(out / f'metrics_{dialect}.csv')
     assert [(r['name'], r['method']) for r in rows] == [
-        (n, m) for n in ('a', 'b') for m in ('tiny_ckpt', 'average', 'maximum')]
+        (n, m) for n in ('a', 'b') for m in ('tiny_ckpt', 'average', 'maximum', 'ir_alone', 'visible_alone')]
 
     def scored_image(row, dialect=dialect):
       ir = metrics.to_gray_u8(images.read_image(root / 'ir' / f'{row["name"]}.png'), dialect)
@@ -133,13 +133,16 @@ def test_checkpoint_mode_with_baselines(tiny_setup, tmp_path):
         return metrics.to_gray_u8(fused_rgb, dialect)
       if row['method'] == 'average':
         return np.floor((ir.astype(np.float64) + vis) / 2 + 0.5).astype(np.uint8)
-      return np.maximum(ir, vis)
+      if row['method'] == 'maximum':
+        return np.maximum(ir, vis)
+      return {'ir_alone': ir, 'visible_alone': vis}[row['method']]
 
     _assert_rows_score(rows, scored_image)
 
   report = json.loads((out / 'summary.json').read_text())
   assert set(report['dialects']) == {'tang2023', 'cddfuse'}
-  assert list(report['dialects']['cddfuse']['summary']) == ['tiny_ckpt', 'average', 'maximum']
+  assert list(report['dialects']['cddfuse']['summary']) == ['tiny_ckpt', 'average', 'maximum', 'ir_alone',
+                                                            'visible_alone']
   assert images.read_image(out / 'grid.png').shape == (SMALL[0], 3 * SMALL[1] + 2 * grids.GAP, 3)
 
 

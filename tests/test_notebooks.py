@@ -105,7 +105,7 @@ def _check_cfi_report(notebook: nbformat.NotebookNode, method: str, workdir: pat
   data = cfi_configs.get_config('smoke').data
   table = _find_table(notebook, 'method')
   assert table[0][1:] == list(metrics.METRIC_NAMES['tang2023'])
-  assert [row[0] for row in table[1:]] == [method, 'average', 'maximum']
+  assert [row[0] for row in table[1:]] == [method, 'average', 'maximum', 'ir_alone', 'visible_alone']
   # Entropy is defined for every image: a number (mean ± std), never 'n/a'.
   assert all(re.fullmatch(r'-?\d+\.\d+ ± \d+\.\d+', row[1]) for row in table[1:]), table
 
