@@ -130,12 +130,11 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
   local_batch = batch_size // process_count
   samples = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count]
   read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
-  if data_config.name == 'puppets' and render_cache_dir is not None:
-    # A cache reads whole batches: one gather per image key instead of a copy per sample and a stack.
-    batch = _TrainSample(*_puppet_samplers(data_config, seed, render_cache_dir), with_joints)
-    return samples.batch(local_batch, drop_remainder=True).map(batch).to_iter_dataset(read_options)
   if data_config.name == 'puppets':
-    sample = _TrainSample(*_puppet_samplers(data_config, seed, None), with_joints)
+    sample = _TrainSample(*_puppet_samplers(data_config, seed, render_cache_dir), with_joints)
+    if render_cache_dir is not None:
+      # A cache reads whole batches: one gather per image key instead of a copy per sample and a stack.
+      return samples.batch(local_batch, drop_remainder=True).map(sample).to_iter_dataset(read_options)
   elif data_config.name == 'frames':
     sample = video_frames.FrameTrainSample(frame_splits(data_config)[0], data_config.image_size,
                                            crop=video_frames.parse_crop(data_config.crop), seed=seed,

@@ -78,6 +78,11 @@ def regressor_cache_dir() -> pathlib.Path:
   (~/.cache/dfc_jax by default)."""
   if os.environ.get('DFC_REGRESSOR_CACHE'):
     return pathlib.Path(os.environ['DFC_REGRESSOR_CACHE'])
+  return _user_cache_dir()
+
+
+def _user_cache_dir() -> pathlib.Path:
+  """$XDG_CACHE_HOME/dfc_jax: the fixed regressors' and the render caches' default home."""
   return compile_cache.user_cache_root() / 'dfc_jax'
 
 
@@ -152,7 +157,7 @@ class DFCTask(task_lib.Task):
     data = self.config.data
     render_cache_dir = None
     if data.name == 'puppets' and data.render_cache:
-      render_cache_dir = data.render_cache_dir or str(compile_cache.user_cache_root() / 'dfc_jax' / 'puppet_renders')
+      render_cache_dir = data.render_cache_dir or str(_user_cache_dir() / 'puppet_renders')
     return pose_data.make_train_dataset(data, seed=seed, batch_size=self.config.batch_size,
                                         process_index=process_index, process_count=process_count,
                                         with_joints=self.loss_config.joint_supervision > 0,
