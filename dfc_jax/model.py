@@ -78,17 +78,31 @@ class ConvNormAct(nn.Module):
 
 
 class PoseEncoder(nn.Module):
-  """Conv stack (stride 1, then one stride-2 stage per further width) -> K heatmap logits at 1/2^(stages)."""
+  """Conv stack (stride 1, then one stride-2 stage per further width) -> K heatmap logits at 1/2^(stages - upsample).
+
+  upsample: decoder stages after the coarsest one, each a 2x nearest upsampling concatenated with the encoder's
+  features at that scale (an hourglass), so the heatmaps can be finer than the stage whose receptive field covers the
+  whole body: at 64 px, widths (16, 32, 64, 64) with upsample=1 give 16x16 heatmaps from an ~45-px field.
+  """
   widths: Sequence[int] = (32, 64, 128, 256)
   num_keypoints: int = 16
+  upsample: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    if not 0 <= self.upsample < len(self.widths):
+      raise ValueError(f'pose_upsample must be in 0..{len(self.widths) - 1} (stride-2 stages), got {self.upsample}')
     x = ConvNormAct(self.widths[0], dtype=self.dtype)(x)
+    skips = []
     for width in self.widths[1:]:
+      skips.append(x)
       x = ConvNormAct(width, stride=2, dtype=self.dtype)(x)
       x = ConvNormAct(width, dtype=self.dtype)(x)
+    for level in range(self.upsample):
+      skip = skips[-1 - level]
+      x = jax.image.resize(x, (*x.shape[:1], *skip.shape[1:3], x.shape[-1]), 'nearest')
+      x = ConvNormAct(skip.shape[-1], dtype=self.dtype)(jnp.concatenate([x, skip], axis=-1))
     return nn.Conv(self.num_keypoints, (1, 1), dtype=self.dtype)(x).astype(jnp.float32)
 
 
@@ -308,6 +322,7 @@ class DFCNet(nn.Module):
     num_keypoints: K soft-argmax keypoints.
     pose_widths / widths: channel widths of the pose encoder and of the static encoder and generator; one scale
       per width (1, 1/2, 1/4, 1/8 for four).
+    pose_upsample: hourglass stages of the pose encoder after its coarsest scale (PoseEncoder.upsample).
     amplifier: 'sharpen' (heatmap logits x sharpen_factor before the softmax), 'gain' (rendered pose maps x a
       learnable per-keypoint gain initialised to gain_init), 'both', or 'off' (ablation).
     learn_sharpen: the sharpening factor is a learned parameter (exp of 'log_sharpen', starting at
@@ -332,6 +347,7 @@ class DFCNet(nn.Module):
   """
   num_keypoints: int = 16
   pose_widths: Sequence[int] = (32, 64, 128, 256)
+  pose_upsample: int = 0
   widths: Sequence[int] = (32, 64, 128, 256)
   amplifier: str = 'gain'
   sharpen_factor: float = 4.0
@@ -358,7 +374,7 @@ class DFCNet(nn.Module):
       raise ValueError(f'static_levels must be in 1..{len(self.widths)} (the number of widths) or None, '
                        f'got {self.static_levels}')
     normalize = self.norm == 'instance'
-    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, dtype=self.dtype)
+    self.pose_encoder = PoseEncoder(self.pose_widths, self.num_keypoints, self.pose_upsample, dtype=self.dtype)
     self.static_encoder = StaticEncoder(self.widths, normalize, dtype=self.dtype)
     self.generator = Generator(self.widths, self.injection, normalize, self.static_levels, dtype=self.dtype)
     if self.amplifier in ('gain', 'both'):

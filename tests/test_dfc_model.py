@@ -248,3 +248,18 @@ def test_static_levels_drop_the_fine_static_skips():
   assert one[0] == 0 and one[1] == 0 and one[2] > 0
   with pytest.raises(ValueError, match='static_levels'):
     model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), static_levels=3).init(_KEY, image, image)
+
+
+
+def test_pose_encoder_hourglass_keeps_the_heatmap_size_with_a_coarser_stage():
+  image = jnp.zeros((2, 64, 64, 3))
+  flat = model_lib.PoseEncoder((4, 4, 6), num_keypoints=3)
+  hourglass = model_lib.PoseEncoder((4, 4, 6, 8), num_keypoints=3, upsample=1)
+  for encoder in (flat, hourglass):
+    assert encoder.apply(encoder.init(_KEY, image), image).shape == (2, 16, 16, 3)
+  # The 8x8 stage's 8 channels, upsampled, meet the 16x16 stage's 6 in one conv back to 6.
+  kernels = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(hourglass.init(_KEY, image))
+             if 'kernel' in jax.tree_util.keystr(path)]
+  assert (3, 3, 8 + 6, 6) in kernels and (1, 1, 6, 3) in kernels
+  with pytest.raises(ValueError, match='pose_upsample must be in 0..3'):
+    model_lib.PoseEncoder((4, 4, 4, 4), num_keypoints=3, upsample=4).init(_KEY, image)
