@@ -38,6 +38,7 @@ class Evaluator:
     self.batch_size = batch_size
     self._transfer = jax.jit(functools.partial(steps.transfer, generator=generator))
     self._keypoints = jax.jit(functools.partial(steps.keypoints, generator=generator))
+    self._drawn_keypoints = jax.jit(functools.partial(steps.drawn_keypoints, generator=generator))
     self._lpips_params = metrics.lpips_alex_params()
     self._lpips = jax.jit(metrics.lpips)
     self._ssim = jax.jit(metrics.ssim)
@@ -88,7 +89,9 @@ class Evaluator:
 
     The model's row adds 'keypoint_spread' (its source keypoints' standard deviation over the pairs, [-1, 1]
     units; true joints spread ~0.11) and, with `encoder_map` (encoder_calibration), 'encoder_keypoint_error': its
-    own pose encoder's error on the sources in pixels (what the encoder sees, not what the generator draws).
+    own pose encoder's error on the sources in pixels (what the encoder sees, not what the generator draws), and
+    'drawn_keypoint_error': the error of the keypoints the output is drawn in (retargeted onto the target's body
+    when the model retargets) against the truth's joints, the pose the generator is asked to draw.
     """
     output = self.transfer(g_params, eval_set['source'], eval_set['target'])
     rows = {'model': self.score(output, eval_set, joints_of)}
@@ -97,6 +100,10 @@ class Evaluator:
     if encoder_map is not None and 'source_joints' in eval_set:
       rows['model']['encoder_keypoint_error'] = float(np.mean(metrics.keypoint_error(
           metrics.regress_joints(encoder_map, source_keypoints), eval_set['source_joints'])))
+      drawn = self._batched(functools.partial(self._drawn_keypoints, g_params), eval_set['source'],
+                            eval_set['target'])
+      rows['model']['drawn_keypoint_error'] = float(np.mean(metrics.keypoint_error(
+          metrics.regress_joints(encoder_map, drawn), eval_set['truth_joints'])))
     for name, trivial in trivial_outputs(eval_set).items():
       rows[name] = self.score(trivial, eval_set, joints_of)
     return rows, output

@@ -316,3 +316,13 @@ def keypoints(g_params, images: jax.Array, *, generator: model_lib.DFCNet) -> ja
   with jax.default_matmul_precision('highest'):
     return generator.apply({'params': g_params}, to_model_range(images),
                            method=model_lib.DFCNet.encode_pose).keypoints
+
+
+def drawn_keypoints(g_params, source: jax.Array, target: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:
+  """The keypoints [N,K,2] the output is drawn in: the source's, retargeted onto the target's body when the
+  generator retargets ([0, 1] images, full float32 as transfer)."""
+  with jax.default_matmul_precision('highest'):
+    apply = lambda method, *args: generator.apply({'params': g_params}, *args, method=method)  # noqa: E731
+    source_kp, target_kp = jnp.split(apply(model_lib.DFCNet.encode_pose, to_model_range(
+        jnp.concatenate([source, target]))).keypoints, 2)
+    return apply(model_lib.DFCNet.retarget_keypoints, source_kp, target_kp)

@@ -226,3 +226,18 @@ def test_adversarial_warmup_silences_the_discriminator_then_ramps_linearly():
   np.testing.assert_allclose(flat(d_params, 8), full, rtol=1e-6, atol=1e-8)
   np.testing.assert_allclose(flat(d_params, 6), 0.5 * (without + full), rtol=1e-4, atol=1e-6)
 
+
+
+def test_drawn_keypoints_are_the_retargeted_source_keypoints():
+  batch = _batch(3)
+  for retarget in (False, True):
+    generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, retarget=retarget)
+    params = generator.init(_KEY, batch['source'], batch['target'])['params']
+    if retarget:  # away from the retargeter's identity start, so that retargeting moves the keypoints
+      params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(_KEY, p.shape), params)
+    source_kp, target_kp = (dfc_steps.keypoints(params, batch[k], generator=generator) for k in ('source', 'target'))
+    drawn = dfc_steps.drawn_keypoints(params, batch['source'], batch['target'], generator=generator)
+    expected = (generator.apply({'params': params}, source_kp, target_kp,
+                                method=model_lib.DFCNet.retarget_keypoints) if retarget else source_kp)
+    np.testing.assert_allclose(drawn, expected, atol=1e-5)
+    assert retarget == (np.abs(np.asarray(drawn) - np.asarray(source_kp)).max() > 1e-3)
