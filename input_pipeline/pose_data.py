@@ -73,10 +73,15 @@ def _puppet_samplers(data_config: ml_collections.ConfigDict, seed: int, render_c
   """The train split's sampler and the support split's (None without support data): rendering, or reading the
   render caches under render_cache_dir."""
   world, size = make_world(data_config), data_config.image_size
+  limb_mixing = data_config.limb_mixing
+  if limb_mixing and render_cache_dir is not None:
+    raise errors.DataConfigError(f'config.data.limb_mixing={limb_mixing} draws poses that no cached render holds; '
+                                 'set --config.data.render_cache=False or --config.data.limb_mixing=0')
 
   def sampler(split):
     if render_cache_dir is None:
-      return puppets.PuppetSampler(world, split, size, sample_seed=seed)
+      return puppets.PuppetSampler(world, split, size, sample_seed=seed,
+                                   limb_mixing=limb_mixing if split == 'train' else 0.0)
     directory = puppet_cache.ensure(world, split, size, render_cache_dir)
     return puppet_cache.CachedPuppetSampler(world, split, size, directory, sample_seed=seed)
   return sampler('train'), sampler('support') if data_config.support else None

@@ -501,11 +501,26 @@ class PuppetWorld:
     return characters, animations
 
 
-class PuppetSampler:
-  """Draws paired and unpaired samples of one split, deterministic from (world seed, sample_seed, index)."""
+# The pose fields that move together when limb mixing recombines poses (PuppetSampler.limb_mixing).
+LIMB_GROUPS = (('root_x', 'jump', 'lean', 'tilt', 'yaw'), ('l_shoulder', 'l_elbow'), ('r_shoulder', 'r_elbow'),
+               ('l_hip', 'l_knee'), ('r_hip', 'r_knee'))
+_KIND_LIMB_MIX = 14
 
-  def __init__(self, world: PuppetWorld, split: str, size: int, sample_seed: int = 0):
+
+class PuppetSampler:
+  """Draws paired and unpaired samples of one split, deterministic from (world seed, sample_seed, index).
+
+  limb_mixing: the probability that a sample's source pose and, independently, its target pose are recombined from
+  the split's frames, each of LIMB_GROUPS (the body's root, lean and yaw; each arm; each leg) taken from a frame of
+  its own: poses that no animation holds (an arm of a wave over the legs of a squat), for a pose encoder that has to
+  generalise to unseen motions. 0: every pose is an animation frame.
+  """
+
+  def __init__(self, world: PuppetWorld, split: str, size: int, sample_seed: int = 0, limb_mixing: float = 0.0):
+    if not 0.0 <= limb_mixing <= 1.0:
+      raise ValueError(f'limb_mixing must be a probability in [0, 1], got {limb_mixing}')
     self.world, self.split, self.size, self.sample_seed = world, split, size, sample_seed
+    self.limb_mixing = limb_mixing
     self.characters, self.animations = world.split_pools(split)
     if len(self.characters) < 2:
       raise ValueError(f'split {split!r} needs at least 2 characters, has {len(self.characters)}')
@@ -524,8 +539,23 @@ class PuppetSampler:
   def _draw(self, index: int):
     a, b, source, target = self.draw_indices(index)
     frames = self.world.frames_per_animation
-    return (self.characters[a], self.characters[b], self.animations[source[0]].pose(source[1] / frames),
-            self.animations[target[0]].pose(target[1] / frames))
+    source_pose = self.animations[source[0]].pose(source[1] / frames)
+    target_pose = self.animations[target[0]].pose(target[1] / frames)
+    if self.limb_mixing:
+      rng = np.random.default_rng([self.world.seed, _KIND_LIMB_MIX, self._code, self.sample_seed, index])
+      source_pose, target_pose = (self._mixed(pose, rng) for pose in (source_pose, target_pose))
+    return self.characters[a], self.characters[b], source_pose, target_pose
+
+  def _mixed(self, pose: Pose, rng: np.random.Generator) -> Pose:
+    """`pose`, or with probability limb_mixing every limb group from a random frame of the split."""
+    if rng.random() >= self.limb_mixing:
+      return pose
+    fields = {}
+    for group in LIMB_GROUPS:
+      donor = self.animations[rng.integers(len(self.animations))].pose(
+          rng.integers(self.world.frames_per_animation) / self.world.frames_per_animation)
+      fields.update({name: getattr(donor, name) for name in group})
+    return Pose(**fields)
 
   def paired(self, index: int) -> dict[str, np.ndarray]:
     """source (character A, pose P), target (character B, another pose), truth (B in P) with its joints,

@@ -110,7 +110,7 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   rows = results['test_unseen_characters']
   assert list(rows) == ['model', 'copy_target', 'background', 'blurred_target']
   image_metrics = {'ssim', 'psnr', 'lpips', 'iou', 'fg_l1', 'keypoint_error'}
-  assert set(rows['model']) == image_metrics | {'keypoint_spread', 'encoder_keypoint_error'}
+  assert set(rows['model']) == image_metrics | {'keypoint_spread', 'encoder_keypoint_error', 'drawn_keypoint_error'}
   assert all(set(rows[row]) == image_metrics for row in dfc_evaluate.TRIVIAL_ROWS)
   assert all(np.isfinite(v) for values in rows.values() for v in values.values())
   assert rows['background']['iou'] == 0.0  # the character erased
@@ -201,6 +201,10 @@ def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders(
   frames.data.frames_dir = '/nonexistent'
   with pytest.raises(errors.DataConfigError, match='joint_supervision=0'):
     pose_data.make_train_dataset(frames.data, seed=0, batch_size=8, with_joints=True)
+  # Field mistakes are refused when the task is made, as one line naming the field (no traceback from inside jit).
+  smoke.loss.pose_pretrain_steps = smoke.num_steps
+  with pytest.raises(errors.ConfigError, match=r'config.loss.pose_pretrain_steps \(4\) must be below config.num_steps'):
+    dfc_task.make_task(smoke)
 
 
 def test_a_render_cache_feeds_uint8_images_that_the_step_takes_as_the_floats_they_stand_for(tmp_path):

@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from input_pipeline import errors
 from input_pipeline import pose_data
 from input_pipeline import puppet_cache
 from input_pipeline import puppets
@@ -80,7 +81,7 @@ def test_training_batches_from_the_cache_match_the_rendered_ones(tmp_path):
       num_test_characters=2, num_support_characters=_WORLD.num_support_characters,
       num_train_animations=_WORLD.num_train_animations, num_test_animations=2,
       num_support_animations=_WORLD.num_support_animations, frames_per_animation=_WORLD.frames_per_animation,
-      support=True, workers=0))
+      support=True, workers=0, limb_mixing=0.0))
   kwargs = dict(seed=2, batch_size=3, with_joints=True)
   rendered = next(iter(pose_data.make_train_dataset(config, **kwargs)))
   cached = next(iter(pose_data.make_train_dataset(config, render_cache_dir=str(tmp_path), **kwargs)))
@@ -91,3 +92,15 @@ def test_training_batches_from_the_cache_match_the_rendered_ones(tmp_path):
     assert as_float[key].dtype == want.dtype and as_float[key].shape == want.shape
     np.testing.assert_allclose(as_float[key], want, rtol=0, atol=_QUANTISATION if want.ndim == 4 else 0)
   assert len(list(tmp_path.iterdir())) == 2  # the train and the support split
+
+
+def test_limb_mixing_cannot_read_from_the_cache(tmp_path):
+  config = ml_collections.ConfigDict(dict(
+      name='puppets', image_size=_SIZE, world_seed=_WORLD.seed, num_train_characters=_WORLD.num_train_characters,
+      num_test_characters=2, num_support_characters=_WORLD.num_support_characters,
+      num_train_animations=_WORLD.num_train_animations, num_test_animations=2,
+      num_support_animations=_WORLD.num_support_animations, frames_per_animation=_WORLD.frames_per_animation,
+      support=True, workers=0, limb_mixing=0.5))
+  with pytest.raises(errors.DataConfigError, match='limb_mixing=0.5 .* --config.data.render_cache=False'):
+    pose_data.make_train_dataset(config, seed=0, batch_size=2, render_cache_dir=str(tmp_path))
+  assert not any(tmp_path.iterdir())  # refused before building anything

@@ -20,7 +20,7 @@ _WORLD = puppets.PuppetWorld(seed=3, num_train_characters=6, num_test_characters
 def _data_config(**overrides) -> ml_collections.ConfigDict:
   fields = dict(name='puppets', image_size=32, world_seed=3, num_train_characters=6, num_test_characters=3,
                 num_support_characters=3, num_train_animations=8, num_test_animations=4, num_support_animations=4,
-                frames_per_animation=16, support=True, workers=0)
+                frames_per_animation=16, support=True, workers=0, limb_mixing=0.0)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -53,6 +53,39 @@ def test_paired_samples_are_deterministic_and_the_truth_is_b_in_a_pose():
       assert cosine == pytest.approx(1.0, abs=1e-5)
     # The truth has the target's look: same backdrop colours (pixel (0, 0) is always background).
     np.testing.assert_allclose(sample['truth'][0, 0], sample['target'][0, 0], atol=1e-6)
+
+
+def test_limb_mixing_recombines_limbs_of_the_splits_frames():
+  fields = [f.name for f in dataclasses.fields(puppets.Pose)]
+  assert sorted(sum(puppets.LIMB_GROUPS, ())) == sorted(fields)  # every pose field in exactly one group
+  frames = _WORLD.frames_per_animation
+  plain, mixed = (puppets.PuppetSampler(_WORLD, 'train', 32, limb_mixing=p) for p in (0.0, 1.0))
+  pool = [animation.pose(f / frames) for animation in plain.animations for f in range(frames)]
+  recombined = 0
+  for index in range(12):
+    # Every group of both poses comes from one frame of the split.
+    for pose in mixed._draw(index)[2:]:
+      donors = [[i for i, frame in enumerate(pool) if all(getattr(frame, n) == getattr(pose, n) for n in group)]
+                for group in puppets.LIMB_GROUPS]
+      assert all(donors)
+      recombined += not set.intersection(*map(set, donors))  # no single frame holds this pose
+  assert recombined >= 20
+  # The truth is still the target's character in the (mixed) source pose: its bones point the source's way.
+  sample = mixed.paired(0)
+  for parent, child in (('l_shoulder', 'l_elbow'), ('r_knee', 'r_foot')):
+    p, c = puppets.JOINT_NAMES.index(parent), puppets.JOINT_NAMES.index(child)
+    source_bone, truth_bone = (sample[k][c] - sample[k][p] for k in ('source_joints', 'truth_joints'))
+    assert source_bone @ truth_bone / (np.linalg.norm(source_bone) * np.linalg.norm(truth_bone)) == pytest.approx(1.0)
+  # The training pipeline draws the mixed poses.
+  config = _data_config(limb_mixing=1.0)
+  batch = next(iter(pose_data.make_train_dataset(config, seed=0, batch_size=2, with_joints=True)))
+  world = pose_data.make_world(config)
+  np.testing.assert_array_equal(batch['source_joints'][0],
+                                puppets.PuppetSampler(world, 'train', 32, limb_mixing=1.0).paired(0)['source_joints'])
+  assert np.abs(batch['source_joints'][0] - puppets.PuppetSampler(world, 'train', 32).paired(0)['source_joints']
+                ).max() > 0.5
+  with pytest.raises(ValueError, match='limb_mixing must be a probability'):
+    puppets.PuppetSampler(_WORLD, 'train', 32, limb_mixing=1.5)
 
 
 @pytest.mark.parametrize('kind', puppets.TRAIN_ANIMATION_TYPES + puppets.UNSEEN_ANIMATION_TYPES)

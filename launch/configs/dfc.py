@@ -54,6 +54,11 @@ Not in the design, off in the paper variant, on in the demo:
     keypoints' Gaussian maps);
   a normalised perceptual loss, --config.loss.perceptual_normalize=True, on an image pyramid of
     --config.loss.perceptual_scales levels.
+  a pose-encoder hourglass, --config.model.pose_upsample=N: N upsampling stages (each meeting the encoder's
+    features at its scale) after the coarsest of model.pose_widths, so the heatmaps keep their size while the
+    coarsest stage sees the whole body;
+  limb mixing, --config.data.limb_mixing=P (puppets, rendered on the fly): with probability P a training pose takes
+    each limb from another random train frame (poses no training animation holds).
 
 The config holds values only: config.loss has dfc_jax.losses.LossConfig's defaults and the frames fields of
 config.data input_pipeline.pose_data.FRAMES_DEFAULTS (tests/test_launch_tasks_dfc.py keeps them in step).
@@ -104,7 +109,7 @@ def _base_config() -> ml_collections.ConfigDict:
   config.task = 'dfc'
   config.seed = 0
   config.model = ml_collections.ConfigDict(dict(
-      num_keypoints=16, pose_widths=(32, 64, 128, 256), widths=(32, 64, 128, 256), amplifier='gain',
+      num_keypoints=16, pose_widths=(32, 64, 128, 256), pose_upsample=0, widths=(32, 64, 128, 256), amplifier='gain',
       sharpen_factor=4.0, gain_init=10.0, sigma=0.1, injection='concat',
       # Instance norm in the static encoder and generator erases the target's colours (outputs were washed-out
       # blobs); see DFCNet.norm. static_levels None: static skips at every scale.
@@ -118,7 +123,9 @@ def _base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name='puppets', image_size=128, world_seed=0, num_train_characters=64, num_test_characters=16,
       num_support_characters=32, num_train_animations=48, num_test_animations=16, num_support_animations=24,
-      frames_per_animation=32, support=True, workers=2, render_cache=False))
+      frames_per_animation=32, support=True, workers=2, render_cache=False, limb_mixing=0.0))
+  # limb_mixing: the probability that a training pose is recombined limb by limb from random train frames
+  # (input_pipeline.puppets.PuppetSampler), poses no animation holds; evaluation always draws animation frames.
   # render_cache: read training puppets from every render of the train and support splits, built once under
   # render_cache_dir (None: $XDG_CACHE_HOME/dfc_jax/puppet_renders) as 8-bit images (input_pipeline.puppet_cache).
   config.data.render_cache_dir = ml_collections.FieldReference(None, field_type=str)

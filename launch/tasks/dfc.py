@@ -21,6 +21,7 @@ from dfc_jax import joint_regressor
 from dfc_jax import losses
 from dfc_jax import model as model_lib
 from dfc_jax import steps as dfc_steps
+from input_pipeline import errors
 from input_pipeline import pose_data
 from input_pipeline import puppets
 from launch import checkpoints
@@ -121,16 +122,18 @@ class DFCTask(task_lib.Task):
   name = 'dfc'
   # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
   # sharpening, the pose-conditioned discriminator, the normalised perceptual loss, the separation prior, bone
-  # motion, the occlusion map, retargeting and joint supervision used none.
+  # motion, the occlusion map, retargeting, joint supervision, the pose encoder's hourglass and limb mixing used
+  # none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith('equivariance')},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
                           'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'eval.regressor_renders': 1024,
-                          'model.bones': None,
+                          'model.bones': None, 'model.pose_upsample': 0,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
-                          'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None}
+                          'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
+                          'data.limb_mixing': 0.0}
   # Where the render cache lives does not change what it holds.
   resumable_fields = frozenset({'data.render_cache_dir'})
 
@@ -142,8 +145,11 @@ class DFCTask(task_lib.Task):
     self.discriminator = model_lib.discriminator_from_config(self._model_config['discriminator'])
     size = config.data.image_size
     if size % 2 ** (len(config.model.widths) - 1):
-      raise ValueError(f'image_size {size} must divide by 2^(number of widths - 1) = '
-                       f'{2 ** (len(config.model.widths) - 1)}')
+      raise errors.ConfigError(f'config.data.image_size {size} must divide by 2^(number of model.widths - 1) = '
+                               f'{2 ** (len(config.model.widths) - 1)}')
+    if self.loss_config.pose_pretrain_steps >= config.num_steps:
+      raise errors.ConfigError(f'config.loss.pose_pretrain_steps ({self.loss_config.pose_pretrain_steps}) must be '
+                               f'below config.num_steps ({config.num_steps}): the whole model trains after it')
     self._vgg_params = losses.vgg16_params(self.loss_config.vgg_layers) if self.loss_config.perceptual > 0 else None
     self._evaluator = None
     self._eval_sets = None
@@ -166,9 +172,6 @@ class DFCTask(task_lib.Task):
   def init_state(self, key: jax.Array, example_batch) -> dfc_steps.TrainState:
     opt = self.config.optimizer
     pretrain_steps = self.loss_config.pose_pretrain_steps
-    if pretrain_steps >= self.config.num_steps:
-      raise ValueError(f'loss.pose_pretrain_steps ({pretrain_steps}) must be below num_steps '
-                       f'({self.config.num_steps})')
     # The generator and discriminator schedules run over the steps after the pose pretraining (their optimizers
     # take no step before).
     make_tx = lambda rate: dfc_steps.make_optimizer(  # noqa: E731
