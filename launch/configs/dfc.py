@@ -14,7 +14,8 @@ frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. 
          static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a learned sharpening
          temperature, a pose-conditioned discriminator and a normalised two-scale perceptual loss.
   unsupervised: with demo, the paper's premise: 16 keypoints learned without joints, each moving by a translation,
-         kept corresponding by the equivariance and separation priors (`:demo,unsupervised`).
+         kept corresponding by the equivariance and separation priors (`:demo,unsupervised`), with the
+         three-stage pose encoder (no hourglass).
   paper: 128x128 puppets with the design's widths (32/64/128/256), K = 16, batch 16; training reads the puppets
          from a cache of every train and support render, built on first use (data.render_cache: about 6 GB and
          7 CPU-minutes at 128 px, split over the machine's cores).
@@ -222,6 +223,12 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.model.num_keypoints = 16
     config.model.bones = None
     config.loss.joint_supervision = 0.0
+    # Without the demo's hourglass and the stage it climbs back from (the demo's three-stage encoder): with them, the
+    # one run tried (seed 0) collapsed at step ~450, as the adversarial loss reached its full weight (L1 0.12 -> 1.1,
+    # discriminator loss -> 0), and never recovered (SSIM 0.23 on 256 pairs); README measures this encoder.
+    if config.model.pose_upsample:
+      config.model.pose_widths = config.model.pose_widths[:-config.model.pose_upsample]
+      config.model.pose_upsample = 0
     # No joints to pretrain on: the demo's 1200 steps of the whole model.
     config.num_steps -= config.loss.pose_pretrain_steps
     config.loss.pose_pretrain_steps = 0
