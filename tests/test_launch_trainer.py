@@ -327,6 +327,8 @@ def test_train_binary_refuses_mismatched_checkpoint_with_message(repo_root, tmp_
     ("launch/configs/cfi.py:smoke,bogus", "Error: launch/configs/cfi.py:smoke,bogus: need one or more of smoke, "),
     ("launch/configs/dfc.py:bogus",
      "Error: launch/configs/dfc.py:bogus: need one or more of smoke, demo, unsupervised, paper, "),
+    ("launch/configs/dfc.py:unsupervised",
+     "Error: launch/configs/dfc.py:unsupervised: unsupervised changes the demo model; put demo before it"),
     ("launch/configs/nope.py:smoke", "Error: --config: the config file cannot be loaded ([Errno 2] No such file"),
 ])
 def test_train_binary_names_a_bad_config_argument_in_one_line(repo_root, tmp_path, config, message):

@@ -99,6 +99,9 @@ def get_config(variants: str = 'demo') -> ml_collections.ConfigDict:
     raise errors.ConfigArgumentError(
         f"launch/configs/dfc.py:{variants}: need one or more of {', '.join(VARIANTS)}, comma-separated" +
         (f"; unknown: {', '.join(unknown)}" if unknown else ''))
+  if 'unsupervised' in names and 'demo' not in names[:names.index('unsupervised')]:
+    raise errors.ConfigArgumentError(f'launch/configs/dfc.py:{variants}: unsupervised changes the demo model; put demo '
+                                     'before it, as in launch/configs/dfc.py:demo,unsupervised')
   config = _base_config()
   for name in names:
     _apply_variant(config, name)
