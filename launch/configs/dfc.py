@@ -169,7 +169,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.eval_every = 4
     config.checkpoint_every = 2
   elif variant == 'demo':
-    # Four pose-encoder widths, so the coarsest stage (8x8 cells at 64 px) sees the whole body, and an hourglass
+    # Four pose-encoder widths, so the coarsest stage (an 8x8 map at 64 px) sees the whole body, and an hourglass
     # stage back to 16x16 heatmaps (4-px cells for 2-3.5-px limbs; the design's 1/8 gives 8x8). Against three widths
     # and no hourglass, the trained demo's encoder is 1.36 / 2.31 px off the unseen characters' / animations' joints
     # instead of 2.14 / 3.09 (README); after the pretraining, 32x32 heatmaps (pose_upsample=2), 512 train
