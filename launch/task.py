@@ -92,3 +92,15 @@ class Phased(Protocol):
     signature) runs while state.step is at or above its first step and below the next one's. Every phase's
     metrics have the same names."""
     ...
+
+
+@runtime_checkable
+class Watched(Protocol):
+  """Optional extra of a task whose training can fail with finite losses (a GAN's generator collapsing), which the
+  loop's non-finite check cannot see."""
+
+  def training_failure(self, history: Sequence[tuple[int, Mapping[str, float]]]) -> str | None:
+    """Why training has failed, or None, given (last step, metric means) of this run's log intervals in step order,
+    the newest last (at a checkpoint step between logs, the interval so far). A message stops the loop as a
+    non-finite loss does: no checkpoint is written after it."""
+    ...

@@ -14,7 +14,8 @@ Config fields read here (every task config has them; the rest of the config belo
 Throughput: the batches of the next PREFETCH_BATCHES steps are sharded onto the devices while the current step runs,
 and the step metrics stay on the devices, summed over each log interval, until one transfer at the log, checkpoint or
 evaluation step. So the host never waits for a step to finish between those. A non-finite loss is therefore noticed
-at the end of its interval (at most log_every steps late), still before any checkpoint after it is written.
+at the end of its interval (at most log_every steps late), still before any checkpoint after it is written. A task
+can also stop its training on finite losses (launch.task.Watched: a GAN's collapse), checked at the same points.
 
 Workdir layout: checkpoints/ (orbax CheckpointManager; items 'state', 'data', 'config', read by launch/checkpoints.py),
 metrics.jsonl (one JSON object per log/eval event), tensorboard/ (event files), eval/step_XXXXXXXX.png (image grids),
@@ -71,6 +72,11 @@ PREFETCH_BATCHES = 2
 
 class NonFiniteError(errors.ProjectError, FloatingPointError):
   """The loss or the train state became NaN/Inf; the last good checkpoint is kept."""
+
+
+class TrainingFailedError(errors.ProjectError, RuntimeError):
+  """The task's own check (launch.task.Watched) found a failure with finite losses; the last good checkpoint is
+  kept."""
 
 
 class CheckpointMismatchError(errors.ProjectError, ValueError):
@@ -311,6 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   Raises:
     CheckpointMismatchError: the workdir's checkpoint belongs to another model/config.
     NonFiniteError: the loss or the state became NaN/Inf (the last good checkpoint is kept).
+    TrainingFailedError: a launch.task.Watched task saw its training fail (the last good checkpoint is kept).
   """
   workdir = pathlib.Path(workdir).resolve()
   task = tasks.make_task(config) if task is None else task
@@ -374,20 +381,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   window = None  # On the devices: (metric sums, first non-finite step) since window_start.
   window_start = (start_step, time.perf_counter())
+  history = []  # (step, metric means) of this run's log intervals, for a Watched task.
   bar = tqdm.tqdm(total=config.num_steps, initial=start_step, unit="step", desc="train", dynamic_ncols=True,
                   disable=process_index != 0)
 
   def check(step: int, log: bool) -> None:
-    """One transfer of the interval's metrics after `step` steps: stops on a non-finite loss; logs their means."""
+    """One transfer of the interval's metrics after `step` steps: stops on a non-finite loss or a Watched task's
+    failure; logs their means."""
     nonlocal window, window_start
     sums, first_non_finite = jax.device_get(local_copy(window))
     if first_non_finite:
       raise NonFiniteError(f"Loss is not finite (NaN/Inf) at step {first_non_finite}, seen after step {step}; "
                            f"stopping. {last_good()}")
-    if not log:
-      return
     first, started = window_start
     mean = {k: float(v) / (step - first) for k, v in sums.items()}
+    if isinstance(task, task_lib.Watched):
+      failure = task.training_failure([*history, (step, mean)])
+      if failure:
+        raise TrainingFailedError(f"Stopping after step {step}: {failure}. {last_good()}")
+    if not log:
+      return
+    history.append((step, dict(mean)))
     mean["steps_per_sec"] = (step - first) / (time.perf_counter() - started)
     logs.write(step, "train", mean)
     bar.set_postfix(loss=f"{mean['loss']:.4g}")

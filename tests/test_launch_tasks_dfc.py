@@ -2,6 +2,7 @@
 training, evaluation, checkpoint restore, the transfer and evaluation binaries, video frames, older checkpoints and
 the fixed joint regressor."""
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -224,6 +225,31 @@ def test_a_render_cache_feeds_uint8_images_that_the_step_takes_as_the_floats_the
   _, from_floats = jax.jit(task.train_step)(state, pose_data.images_to_float(batch), _KEY)
   for name, value in from_floats.items():
     np.testing.assert_allclose(from_bytes[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_collapsed_generator_stops_the_demo_but_its_pretraining_and_a_noisy_descent_do_not():
+  config = dfc_config.get_config('demo')
+  pretrain, log_every = config.loss.pose_pretrain_steps, config.log_every
+  collapse = functools.partial(dfc_task.generator_collapse, ratio=config.collapse_l1_ratio, first_step=pretrain,
+                               log_every=log_every)
+  # The pretraining runs no generator: its intervals log an L1 of 0, which must not count as the lowest.
+  history = [(step, {'l1': 0.0, 'loss': 7.0}) for step in range(log_every, pretrain + 1, log_every)]
+  descent = [0.45, 0.3, 0.2, 0.16, 0.13, 0.12, 0.19, 0.15, 0.28, 0.14]  # down, then the GAN ramping in
+  history += [(pretrain + log_every * (i + 1), {'l1': l1}) for i, l1 in enumerate(descent)]
+  for end in range(1, len(history) + 1):
+    assert collapse(history[:end]) is None
+  collapsed = [*history, (pretrain + 550, {'l1': 1.02})]
+  message = collapse(collapsed)
+  assert message and f'up to {pretrain + 550} is 1.02, 8.5x the lowest before it (0.12, up to step {pretrain + 300}' \
+      in message and '--config.collapse_l1_ratio=0' in message
+  assert dfc_task.generator_collapse(collapsed, ratio=0, first_step=pretrain, log_every=log_every) is None
+  # An interval that straddles the pretraining's end averages in its zeros: it is not the lowest either.
+  straddling = [(pretrain + 25, {'l1': 0.06}), (pretrain + 75, {'l1': 0.4})]
+  assert collapse(straddling) is None
+  assert dfc_task.generator_collapse(straddling, ratio=config.collapse_l1_ratio, first_step=pretrain - 25,
+                                     log_every=log_every) is not None
+  # The check never changes what a step computes: a run may resume with another value.
+  assert 'collapse_l1_ratio' in dfc_task.DFCTask.resumable_fields
 
 
 def test_checkpoints_from_before_video_frames_and_equivariance_resume():

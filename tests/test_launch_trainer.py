@@ -159,6 +159,46 @@ def test_non_finite_loss_is_seen_within_its_interval_before_any_later_checkpoint
   assert ocp.CheckpointManager(tmp_path / "checkpoints").latest_step() == last_good
 
 
+class _WatchedLinearTask(linear_task.LinearTask):
+  """A launch.task.Watched task whose training fails once an interval ends at or after step `fail_after`; it
+  records the histories it is shown."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.histories = []
+
+  def training_failure(self, history):
+    self.histories.append(list(history))
+    last_step, means = history[-1]
+    return f"loss {means['loss']:.6g} looked wrong" if last_step >= self.config.fail_after else None
+
+
+@pytest.mark.parametrize("log_every, fail_after, shown, last_good", [
+    (2, 4, [[2], [2, 4]], 2),  # Every checkpoint step is a log step.
+    (4, 6, [[2], [4], [4, 6]], 4),  # At the checkpoint steps 2 and 6 between logs, the interval so far is shown.
+])
+def test_a_watched_task_stops_training_before_any_later_checkpoint(tmp_path, log_every, fail_after, shown,
+                                                                    last_good):
+  task = None
+
+  def watched(config):
+    nonlocal task
+    config.fail_after = fail_after
+    task = _WatchedLinearTask(config)
+    return task
+
+  with pytest.raises(trainer.TrainingFailedError, match=rf"^Stopping after step {fail_after}: loss .* looked wrong\. "
+                     rf"The last good checkpoint \(step {last_good}\)"):
+    _train(tmp_path, task_cls=watched, num_steps=8, log_every=log_every, checkpoint_every=2, eval_every=0)
+  assert [[step for step, _ in history] for history in task.histories] == shown
+  assert ocp.CheckpointManager(tmp_path / "checkpoints").latest_step() == last_good
+  # The history holds the logged means.
+  logged = {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"}
+  for step, means in task.histories[-1][:-1]:
+    assert means["loss"] == pytest.approx(logged[step], rel=1e-6)
+
+
 def test_logged_train_metrics_are_the_means_of_their_steps(tmp_path):
   read = lambda workdir: [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
                           if json.loads(line)["split"] == "train"]

@@ -146,6 +146,10 @@ def _base_config() -> ml_collections.ConfigDict:
       # truths of the two 64x64 test splits (800 steps on 1024 pairs: 1.92 / 2.08), about 10 minutes on one core.
       regressor_steps=2000, regressor_renders=4096))
   config.keep_checkpoints = 3
+  # An adversarial collapse keeps the losses finite: training stops (keeping the last good checkpoint) when a log
+  # interval's mean L1 exceeds this multiple of the lowest before it (launch.tasks.dfc.generator_collapse; 0: never).
+  # In the one collapse seen (a :demo,unsupervised run with the demo's hourglass encoder) it went from 0.12 to ~1.0.
+  config.collapse_l1_ratio = 5.0
   # Of the train step's float32 convolutions and matmuls (launch/trainer.py): jax's default, one bfloat16 pass on
   # TPUs and TF32 on recent NVIDIA GPUs (float32 on CPUs). Evaluation and transfer always run at 'highest'.
   config.matmul_precision = 'default'

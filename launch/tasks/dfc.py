@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.serialization
@@ -110,6 +110,27 @@ def fixed_joint_regressor(data_config: ml_collections.ConfigDict, num_steps: int
   return functools.partial(joint_regressor.predict, params, num_joints=puppets.NUM_JOINTS, config=regressor_config)
 
 
+def generator_collapse(history: Sequence[tuple[int, Mapping[str, float]]], *, ratio: float, first_step: int,
+                       log_every: int) -> str | None:
+  """Why the generator has collapsed, or None: the newest log interval's mean L1 (the outputs against the truths)
+  above `ratio` x the lowest earlier one (ratio <= 0: never). Only intervals after `first_step` count (the pose
+  pretraining's, which run no generator, log an L1 of 0); history is launch.task.Watched's."""
+  if ratio <= 0:
+    return None
+  whole = [(step, means['l1']) for step, means in history if step - log_every >= first_step and 'l1' in means]
+  if len(whole) < 2:
+    return None
+  step, latest = whole[-1]
+  best_step, best = min(whole[:-1], key=lambda record: record[1])
+  if latest <= ratio * best:
+    return None
+  return (f'the generator collapsed (an adversarial collapse: the losses stay finite, the outputs stop matching): '
+          f'the mean L1 of the steps up to {step} is {latest:.3g}, {latest / best:.1f}x the lowest before it '
+          f'({best:.3g}, up to step {best_step}; config.collapse_l1_ratio is {ratio:g}). Resuming would repeat the '
+          'same steps: train again in a new --workdir with another --config.seed or a lower '
+          '--config.optimizer.learning_rate, or turn this check off with --config.collapse_l1_ratio=0')
+
+
 class DFCTask(task_lib.Task):
   """Trains DFC-Net on puppets or video frames; evaluates SSIM, PSNR and LPIPS on the test splits, and on puppets
   also silhouette IoU, foreground L1 and keypoint error (fixed_joint_regressor), beside the trivial outputs
@@ -134,8 +155,8 @@ class DFCTask(task_lib.Task):
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
                           'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
                           'data.limb_mixing': 0.0}
-  # Where the render cache lives does not change what it holds.
-  resumable_fields = frozenset({'data.render_cache_dir'})
+  # Where the render cache lives does not change what it holds; the collapse check changes no step.
+  resumable_fields = frozenset({'data.render_cache_dir', 'collapse_l1_ratio'})
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -200,6 +221,11 @@ class DFCTask(task_lib.Task):
                                           config=self.loss_config, metric_shapes=metric_shapes)
 
     return ((0, pretrain_step), (self.loss_config.pose_pretrain_steps, self.train_step))
+
+  def training_failure(self, history):
+    """launch.task.Watched: stops a run whose generator collapsed (generator_collapse)."""
+    return generator_collapse(history, ratio=self.config.collapse_l1_ratio,
+                              first_step=self.loss_config.pose_pretrain_steps, log_every=self.config.log_every)
 
   def evaluate(self, state, step: int) -> tuple[dict[str, float], np.ndarray | None]:
     del step
