@@ -58,6 +58,16 @@ class LossConfig:
   # With joint supervision, the first pose_pretrain_steps steps train only the pose encoder (and the retargeter) on
   # the joints: no generator or discriminator is run, so such a step costs little more than rendering its batch.
   pose_pretrain_steps: int = 0
+  # Augmentation of the pose pretraining's batches (0 / False: off; steps.augment_pose_batch): each sample's source,
+  # target and truth move by one random similarity (rotations up to pose_augment_rotation degrees, scales up to
+  # exp(+-pose_augment_log_scale), shifts up to pose_augment_shift [-1, 1] units per axis), their joints with them;
+  # pose_augment_color puts each image's RGB channels in a random order. Bodies, stances and colourings the train
+  # split does not hold, for a pose encoder that has to generalise to unseen characters and motions; the
+  # whole-model steps see the renders as they are.
+  pose_augment_rotation: float = 0.0
+  pose_augment_log_scale: float = 0.0
+  pose_augment_shift: float = 0.0
+  pose_augment_color: bool = False
   gan_type: str = 'hinge'
   use_consistency: bool = True   # ablation "without consistency losses"
   use_support: bool = True       # ablation "without support data"
@@ -75,10 +85,16 @@ class LossConfig:
     if self.pose_pretrain_steps < 0 or (self.pose_pretrain_steps and self.joint_supervision <= 0):
       raise ValueError(f'pose_pretrain_steps ({self.pose_pretrain_steps}) must be >= 0, and > 0 only with '
                        f'joint_supervision > 0 (got {self.joint_supervision}): it pretrains on the joints')
-    ranges = {'equivariance_rotation': self.equivariance_rotation,
-              'equivariance_log_scale': self.equivariance_log_scale, 'equivariance_shift': self.equivariance_shift}
-    if any(value < 0 for value in ranges.values()):
-      raise ValueError(f'the equivariance transform ranges must be >= 0, got {ranges}')
+    for name in ('equivariance', 'pose_augment'):
+      ranges = {f'{name}_{part}': getattr(self, f'{name}_{part}') for part in ('rotation', 'log_scale', 'shift')}
+      if any(value < 0 for value in ranges.values()):
+        raise ValueError(f'the {name} transform ranges must be >= 0, got {ranges}')
+
+  @property
+  def augments_pose(self) -> bool:
+    """Whether the pose pretraining augments its batches (steps.augment_pose_batch)."""
+    return bool(self.pose_augment_rotation or self.pose_augment_log_scale or self.pose_augment_shift or
+                self.pose_augment_color)
 
 
 def adversarial_scale(step: jax.Array, warmup_steps: int, ramp_steps: int) -> jax.Array:

@@ -214,16 +214,49 @@ def _joint_supervision(source_keypoints, target_keypoints, truth_keypoints, draw
   return sum(jnp.mean(losses.l1(k[:, :num_joints], batch[name] / size * 2.0 - 1.0)) for k, name in pairs)
 
 
-def pose_pretrain_step(state: TrainState, batch: dict[str, jax.Array], *, generator: model_lib.DFCNet,
-                       config: losses.LossConfig, metric_shapes: dict[str, jax.ShapeDtypeStruct]
-                       ) -> tuple[TrainState, dict[str, jax.Array]]:
+_POSE_IMAGES = (('source', 'source_joints'), ('target', 'target_joints'), ('truth', 'truth_joints'))
+
+
+def augment_pose_batch(key: jax.Array, batch: dict[str, jax.Array], config: losses.LossConfig
+                       ) -> dict[str, jax.Array]:
+  """The pose pretraining's batch augmented as config.pose_augment_* say (losses.LossConfig): one random similarity
+  per sample moves its source, target and truth images (bilinear, edges extended) and their joints (pixels) alike,
+  so the truth stays the target's body in the source's pose; with pose_augment_color every image's RGB channels
+  are put in a random order of their own."""
+  batch = dict(batch)
+  geometric_key, color_key = jax.random.split(key)
+  if config.pose_augment_rotation or config.pose_augment_log_scale or config.pose_augment_shift:
+    size = jnp.array(batch['source'].shape[2:0:-1], jnp.float32)  # (width, height), as the joints' (x, y)
+    transform = transforms.random_similarity(geometric_key, batch['source'].shape[0],
+                                             max_rotation=config.pose_augment_rotation,
+                                             max_log_scale=config.pose_augment_log_scale,
+                                             max_shift=config.pose_augment_shift)
+    for image, joints in _POSE_IMAGES:
+      batch[image] = transforms.warp_images(batch[image], transform)
+      moved = transforms.transform_points(batch[joints] / size * 2.0 - 1.0, transform)
+      batch[joints] = (moved + 1.0) / 2.0 * size
+  if config.pose_augment_color:
+    for (image, _), image_key in zip(_POSE_IMAGES, jax.random.split(color_key, len(_POSE_IMAGES))):
+      orders = jax.vmap(lambda k: jax.random.permutation(k, 3))(jax.random.split(image_key, batch[image].shape[0]))
+      batch[image] = jnp.take_along_axis(batch[image], orders[:, None, None, :], axis=-1)
+  return batch
+
+
+def pose_pretrain_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array | None = None, *,
+                       generator: model_lib.DFCNet, config: losses.LossConfig,
+                       metric_shapes: dict[str, jax.ShapeDtypeStruct]) -> tuple[TrainState, dict[str, jax.Array]]:
   """A step of the first losses.LossConfig.pose_pretrain_steps: the joint supervision alone trains pose_params
   with state.pose_tx (create_train_state's pose_tx); the rest of the generator, the discriminator and their
-  optimizer states are not run and do not change. Metrics: those of metric_shapes (train_step's, from
-  jax.eval_shape), 0 but for 'joint_supervision', 'loss' and 'keypoint_spread'.
+  optimizer states are not run and do not change. With config.augments_pose the batch is augmented first
+  (augment_pose_batch, from `key`). Metrics: those of metric_shapes (train_step's, from jax.eval_shape), 0 but for
+  'joint_supervision', 'loss' and 'keypoint_spread'.
   """
   if state.pose_tx is None:
     raise ValueError('pose_pretrain_step needs a TrainState made with pose_tx (create_train_state)')
+  if config.augments_pose:
+    if key is None:
+      raise ValueError('the pose pretraining augmentation (config.pose_augment_*) needs a key')
+    batch = augment_pose_batch(key, batch, config)
   g_params = state.params['generator']
   images = to_model_range(jnp.concatenate([batch[k] for k in ('source', 'target', 'truth')]))
 

@@ -1,5 +1,6 @@
 """DFC-Net's G + D step (dfc_jax/steps.py): sharded = single device, gradients through the re-encoding, the
 equivariance prior and the adversarial warm-up."""
+import dataclasses
 import functools
 
 import jax
@@ -129,6 +130,49 @@ def test_joint_supervision_trains_the_pose_encoder_towards_the_true_joints():
   assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads['pose_encoder'])) > 0
 
 
+def _blob_batch(n: int, size: int = 32) -> dict[str, np.ndarray]:
+  """Each image a Gaussian blob (sigma 1.5 px) on one joint, drawn at random well inside the image."""
+  rng = np.random.default_rng(1)
+  centres = np.arange(size) + 0.5  # pixel centres at i + 0.5, as the joints'
+  batch = {}
+  for image, joints in dfc_steps._POSE_IMAGES:
+    joint = rng.uniform(0.35 * size, 0.65 * size, (n, 1, 2)).astype(np.float32)
+    blob = np.exp(-((centres[None, None, :] - joint[:, 0, 0, None, None]) ** 2 +
+                    (centres[None, :, None] - joint[:, 0, 1, None, None]) ** 2) / (2 * 1.5 ** 2))
+    batch[image] = (blob[..., None] * np.array([1.0, 0.5, 0.25])).astype(np.float32)
+    batch[joints] = joint
+  return batch
+
+
+def test_pose_pretraining_augmentation_moves_the_joints_with_their_images_and_permutes_colours():
+  batch = _blob_batch(6)
+  config = losses.LossConfig(joint_supervision=1.0, pose_pretrain_steps=1, pose_augment_rotation=30.0,
+                             pose_augment_log_scale=0.2, pose_augment_shift=0.15, pose_augment_color=True)
+  augmented = jax.jit(functools.partial(dfc_steps.augment_pose_batch, config=config))(_KEY, batch)
+  centres = np.arange(32) + 0.5
+  for image, joints in dfc_steps._POSE_IMAGES:
+    moved = np.asarray(augmented[image])
+    assert moved.shape == batch[image].shape
+    # The joint is where its blob went (the blob's centroid), to a tenth of a pixel.
+    weight = moved.max(axis=-1)
+    centroid = np.stack([(weight * centres[None, None, :]).sum((1, 2)), (weight * centres[None, :, None]).sum((1, 2))],
+                        -1) / weight.sum((1, 2))[:, None]
+    np.testing.assert_allclose(np.asarray(augmented[joints])[:, 0], centroid, atol=0.1)
+    assert np.abs(np.asarray(augmented[joints]) - batch[joints]).max() > 1.0  # they did move
+    # Colours: each image's channels, reordered (channel 0 of the original holds the blob's peak).
+    np.testing.assert_allclose(np.sort(moved.max(axis=(1, 2)), -1)[:, ::-1] / moved.max(axis=(1, 2, 3))[:, None],
+                               np.broadcast_to([1.0, 0.5, 0.25], (6, 3)), rtol=1e-4)
+  assert len({tuple(np.argsort(np.asarray(augmented['source']).max(axis=(1, 2))[i])) for i in range(6)}) > 1
+  # One similarity per sample moves its three images alike: equal inputs stay equal.
+  same = {**batch, 'truth': batch['source'], 'truth_joints': batch['source_joints']}
+  moved = dfc_steps.augment_pose_batch(_KEY, same, dataclasses.replace(config, pose_augment_color=False))
+  np.testing.assert_array_equal(moved['truth'], moved['source'])
+  np.testing.assert_array_equal(moved['truth_joints'], moved['source_joints'])
+  assert not losses.LossConfig().augments_pose
+  with pytest.raises(ValueError, match='pose_augment transform ranges must be >= 0'):
+    losses.LossConfig(pose_augment_rotation=-1.0)
+
+
 def test_pose_pretraining_trains_only_the_pose_encoder_and_retargeter_then_the_whole_step_runs():
   generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, bones=((0, 1),),
                                retarget=True, amplifier='sharpen', learn_sharpen=True)
@@ -153,6 +197,18 @@ def test_pose_pretraining_trains_only_the_pose_encoder_and_retargeter_then_the_w
   jax.tree.map(np.testing.assert_array_equal, state.params['discriminator'], pretrained.params['discriminator'])
   assert set(pretrain_metrics) == set(metric_shapes)
   assert float(pretrain_metrics['joint_supervision']) > 0 and float(pretrain_metrics['l1']) == 0.0
+  # With augmentation the step supervises the augmented batch (augment_pose_batch, from the step's key).
+  augmenting = dataclasses.replace(config, pose_augment_rotation=20.0, pose_augment_color=True)
+  augmented_step = functools.partial(dfc_steps.pose_pretrain_step, generator=generator, config=augmenting,
+                                     metric_shapes=metric_shapes)
+  _, augmented_metrics = jax.jit(augmented_step)(state, batch, _KEY)
+  _, expected = jax.jit(functools.partial(dfc_steps.pose_pretrain_step, generator=generator, config=config,
+                                          metric_shapes=metric_shapes))(
+      state, dfc_steps.augment_pose_batch(_KEY, batch, augmenting))
+  np.testing.assert_allclose(augmented_metrics['joint_supervision'], expected['joint_supervision'], rtol=1e-6)
+  assert float(augmented_metrics['joint_supervision']) != float(pretrain_metrics['joint_supervision'])
+  with pytest.raises(ValueError, match='needs a key'):
+    augmented_step(state, batch)
   # After the pretraining the whole step runs; the adversarial warm-up counts from the pretraining's end.
   _, full_metrics = full_step(pretrained, batch)
   assert float(full_metrics['l1']) > 0 and float(full_metrics['adversarial_scale']) == 0.0

@@ -143,10 +143,10 @@ class DFCTask(task_lib.Task):
   name = 'dfc'
   # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
   # sharpening, the pose-conditioned discriminator, the normalised perceptual loss, the separation prior, bone
-  # motion, the occlusion map, retargeting, joint supervision, the pose encoder's hourglass and limb mixing used
-  # none.
+  # motion, the occlusion map, retargeting, joint supervision, the pose encoder's hourglass, limb mixing and the pose
+  # pretraining's augmentation used none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
-                             if f.name.startswith('equivariance')},
+                             if f.name.startswith(('equivariance', 'pose_augment'))},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
@@ -217,8 +217,9 @@ class DFCTask(task_lib.Task):
 
     def pretrain_step(state, batch, key):
       metric_shapes = jax.eval_shape(self.train_step, state, batch, key)[1]
-      return dfc_steps.pose_pretrain_step(state, pose_data.images_to_float(batch, jnp), generator=self.generator,
-                                          config=self.loss_config, metric_shapes=metric_shapes)
+      return dfc_steps.pose_pretrain_step(state, pose_data.images_to_float(batch, jnp), key,
+                                          generator=self.generator, config=self.loss_config,
+                                          metric_shapes=metric_shapes)
 
     return ((0, pretrain_step), (self.loss_config.pose_pretrain_steps, self.train_step))
 
