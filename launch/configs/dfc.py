@@ -60,6 +60,9 @@ Not in the design, off in the paper variant, on in the demo:
     coarsest stage sees the whole body;
   limb mixing, --config.data.limb_mixing=P (puppets, rendered on the fly): with probability P a training pose takes
     each limb from another random train frame (poses no training animation holds).
+  pose-pretraining augmentation, --config.loss.pose_augment_rotation=DEGREES, pose_augment_log_scale,
+    pose_augment_shift ([-1, 1] units) and pose_augment_color=True: the pretraining's source, target and truth
+    move by one random similarity per sample, their joints with them, and each image's RGB channels are reordered.
 
 The config holds values only: config.loss has dfc_jax.losses.LossConfig's defaults and the frames fields of
 config.data input_pipeline.pose_data.FRAMES_DEFAULTS (tests/test_launch_tasks_dfc.py keeps them in step).
