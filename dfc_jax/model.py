@@ -296,18 +296,55 @@ class KeypointRetargeter(nn.Module):
   """The pose keypoints moved onto the appearance image's body (DFCNet.retarget; not in the design).
 
   The source's keypoints carry the source's body: its limb lengths, its size and where it stands. The output shows
-  the target's body in that pose, so an MLP of both keypoint sets adds a residual to the pose keypoints (zero at
-  initialisation: it starts as the identity).
+  the target's body in that pose, so an MLP of both keypoint sets adds a residual (zero at initialisation) to the
+  pose keypoints, or with a `skeleton` to skeleton_prior's retargeting of them.
   """
+  skeleton: Sequence[tuple[int, int]] | None = None
+  rigid: Sequence[tuple[int, int]] = ()
   width: int = 256
 
   @nn.compact
   def __call__(self, pose_keypoints: jax.Array, appearance_keypoints: jax.Array) -> jax.Array:
     n, k, _ = pose_keypoints.shape
-    x = jnp.concatenate([pose_keypoints.reshape(n, -1), appearance_keypoints.reshape(n, -1)], axis=-1)
+    start = pose_keypoints
+    if self.skeleton is not None:
+      # Where the feet rest, in [-1, 1] units; starts at the image's bottom edge.
+      ground = self.param('ground', nn.initializers.ones, ())
+      start = skeleton_prior(pose_keypoints, appearance_keypoints, self.skeleton, self.rigid, ground)
+    x = jnp.concatenate([start.reshape(n, -1), appearance_keypoints.reshape(n, -1)], axis=-1)
     x = nn.gelu(nn.Dense(self.width)(x))
     x = nn.gelu(nn.Dense(self.width)(x))
-    return pose_keypoints + nn.Dense(2 * k, kernel_init=nn.initializers.zeros)(x).reshape(n, k, 2)
+    return start + nn.Dense(2 * k, kernel_init=nn.initializers.zeros)(x).reshape(n, k, 2)
+
+
+def skeleton_prior(pose_keypoints: jax.Array, appearance_keypoints: jax.Array, skeleton: Sequence[tuple[int, int]],
+                   rigid: Sequence[tuple[int, int]], ground: jax.Array) -> jax.Array:
+  """The pose keypoints [N,K,2] redrawn with the appearance's body, as motion retargeting does: every `skeleton` edge
+  (parent, child; parents first, the first parent the root) keeps the pose's direction; a `rigid` edge (a bone) takes
+  the appearance's length, any other (an attachment such as shoulder width, foreshortened by the view) the pose's
+  length times the ratio of the two bodies' total rigid length. The body then stands where the pose's did, both
+  rescaled by that ratio: its root's horizontal offset from the image centre, its lowest keypoint's height above
+  `ground` (a y in [-1, 1] units). Keypoints off the skeleton stay as they are."""
+  rigid = set(map(tuple, rigid))
+  if not rigid:
+    raise ValueError('skeleton_prior needs rigid edges (the bones) to measure the bodies by')
+  length = lambda kp, i, j: jnp.linalg.norm(kp[:, j] - kp[:, i], axis=-1, keepdims=True)  # noqa: E731
+  total = lambda kp: sum(length(kp, i, j) for i, j in rigid)  # noqa: E731
+  scale = total(appearance_keypoints) / jnp.maximum(total(pose_keypoints), 1e-6)  # [N, 1]
+  placed = {skeleton[0][0]: pose_keypoints[:, skeleton[0][0]]}
+  for parent, child in skeleton:
+    offset = pose_keypoints[:, child] - pose_keypoints[:, parent]
+    pose_length = jnp.maximum(jnp.linalg.norm(offset, axis=-1, keepdims=True), 1e-6)
+    new_length = length(appearance_keypoints, parent, child) if (parent, child) in rigid else pose_length * scale
+    placed[child] = placed[parent] + offset / pose_length * new_length
+  indices = sorted(placed)
+  body = jnp.stack([placed[i] for i in indices], axis=1)
+  root = skeleton[0][0]
+  shift_x = pose_keypoints[:, root, 0] * scale[:, 0] - placed[root][:, 0]
+  lift = ground - jnp.max(pose_keypoints[:, indices, 1], axis=1)
+  shift_y = ground - lift * scale[:, 0] - jnp.max(body[..., 1], axis=1)
+  body = body + jnp.stack([shift_x, shift_y], axis=-1)[:, None]
+  return pose_keypoints.at[:, jnp.array(indices)].set(body)
 
 
 class PoseCode(NamedTuple):
@@ -344,6 +381,8 @@ class DFCNet(nn.Module):
     occlusion: with warp, an occlusion map on the warped features (KeypointMotion).
     retarget: with warp, the source's keypoints are moved onto the target's body before decoding
       (KeypointRetargeter).
+    skeleton: with retarget and bones, (parent, child) keypoint pairs of a kinematic tree (parents first) along
+      which the retargeter first redraws the source's pose with the target's bone lengths (skeleton_prior).
   """
   num_keypoints: int = 16
   pose_widths: Sequence[int] = (32, 64, 128, 256)
@@ -361,6 +400,7 @@ class DFCNet(nn.Module):
   bones: Sequence[tuple[int, int]] | None = None
   occlusion: bool = False
   retarget: bool = False
+  skeleton: Sequence[tuple[int, int]] | None = None
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -390,8 +430,18 @@ class DFCNet(nn.Module):
     if self.warp:
       self.motion = KeypointMotion(self.num_keypoints, bones=self.bones, occlusion=self.occlusion,
                                    dtype=self.dtype)
+    if self.skeleton is not None and (not self.retarget or not self.bones):
+      raise ValueError('skeleton acts in the retargeter and measures bodies by their bones: it needs retarget=True '
+                       'and bones')
+    if self.skeleton is not None and any(not (0 <= i < self.num_keypoints and 0 <= j < self.num_keypoints)
+                                         for i, j in self.skeleton):
+      raise ValueError(f'skeleton must pair keypoint indices below num_keypoints={self.num_keypoints}, '
+                       f'got {self.skeleton}')
+    if self.skeleton is not None and any(parent not in {self.skeleton[0][0]} | {c for _, c in self.skeleton[:e]}
+                                         for e, (parent, _) in enumerate(self.skeleton)):
+      raise ValueError(f'skeleton must list parents before their children, from one root; got {self.skeleton}')
     if self.retarget:
-      self.retargeter = KeypointRetargeter()
+      self.retargeter = KeypointRetargeter(skeleton=self.skeleton, rigid=self.bones or ())
 
   def encode_pose(self, image: jax.Array) -> PoseCode:
     logits = self.pose_encoder(image)
@@ -487,8 +537,9 @@ class MultiScaleDiscriminator(nn.Module):
 def generator_from_config(config: dict[str, Any]) -> DFCNet:
   """DFCNet from its JSON constructor kwargs (a checkpoint's model_config['generator'])."""
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-  if kwargs.get('bones') is not None:
-    kwargs['bones'] = tuple(tuple(b) for b in kwargs['bones'])
+  for pairs in ('bones', 'skeleton'):
+    if kwargs.get(pairs) is not None:
+      kwargs[pairs] = tuple(tuple(b) for b in kwargs[pairs])
   return DFCNet(**kwargs)
 
 

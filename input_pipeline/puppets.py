@@ -18,6 +18,12 @@ NUM_JOINTS = len(JOINT_NAMES)
 BONES = (('pelvis', 'neck'), ('neck', 'head'), ('l_shoulder', 'l_elbow'), ('l_elbow', 'l_hand'),
          ('r_shoulder', 'r_elbow'), ('r_elbow', 'r_hand'), ('l_hip', 'l_knee'), ('l_knee', 'l_foot'),
          ('r_hip', 'r_knee'), ('r_knee', 'r_foot'))
+# The kinematic tree forward_kinematics builds, parents first from the pelvis: the bones and the torso's attachments
+# (shoulders on the neck, hips on the pelvis, whose apparent widths change with the yaw).
+SKELETON = (('pelvis', 'neck'), ('neck', 'head'), ('neck', 'l_shoulder'), ('l_shoulder', 'l_elbow'),
+            ('l_elbow', 'l_hand'), ('neck', 'r_shoulder'), ('r_shoulder', 'r_elbow'), ('r_elbow', 'r_hand'),
+            ('pelvis', 'l_hip'), ('l_hip', 'l_knee'), ('l_knee', 'l_foot'), ('pelvis', 'r_hip'), ('r_hip', 'r_knee'),
+            ('r_knee', 'r_foot'))
 
 TRAIN_ANIMATION_TYPES = ('walk', 'run', 'wave', 'jump', 'kick', 'spin', 'squat', 'bow')
 UNSEEN_ANIMATION_TYPES = ('punch', 'jumping_jack')

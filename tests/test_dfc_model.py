@@ -212,6 +212,42 @@ def test_retargeting_starts_as_the_identity_and_needs_the_warp():
     model_lib.DFCNet(num_keypoints=3, warp=True, bones=((0, 3),)).init(_KEY, image, image)
 
 
+def test_the_skeleton_prior_redraws_the_pose_with_the_appearances_bones_where_the_pose_stood():
+  # A chain 0 -> 1 -> 2 of two bones (lengths 0.2 + 0.2 posed, 0.4 + 0.2 in the appearance: scale 1.5), an
+  # attachment 0 -> 3 (not rigid: its length scales) and keypoint 4 off the skeleton. y grows downwards.
+  pose = jnp.array([[[0.2, 0.0], [0.2, -0.2], [0.2, -0.4], [0.3, 0.0], [0.9, 0.9]]])
+  appearance = jnp.array([[[0.3, 0.1], [0.3, -0.3], [0.5, -0.3], [0.4, 0.1], [-0.9, -0.9]]])
+  skeleton, rigid = ((0, 1), (1, 2), (0, 3)), ((0, 1), (1, 2))
+  drawn = model_lib.skeleton_prior(pose, appearance, skeleton, rigid, jnp.float32(0.5))
+  # Root x 0.2 -> 0.3 (its offset from the centre x 1.5); the lowest keypoint 0.5 above the ground -> 0.75.
+  np.testing.assert_allclose(drawn[0], [[0.3, -0.25], [0.3, -0.65], [0.3, -0.85], [0.45, -0.25], [0.9, 0.9]],
+                             atol=1e-6)
+  # The same body in its own pose is left where it is, whatever the ground.
+  np.testing.assert_allclose(model_lib.skeleton_prior(pose, pose, skeleton, rigid, jnp.float32(0.9)), pose, atol=1e-6)
+  with pytest.raises(ValueError, match='needs rigid edges'):
+    model_lib.skeleton_prior(pose, appearance, skeleton, (), jnp.float32(0.5))
+
+
+def test_a_skeleton_retargeter_starts_at_the_skeleton_prior_and_needs_bones_in_tree_order():
+  skeleton = ((0, 1), (1, 2))
+  net = model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4, 4), widths=(4, 4, 4), warp=True, retarget=True,
+                         bones=((0, 1), (1, 2)), skeleton=skeleton)
+  image = jnp.asarray(_RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  variables = net.init(_KEY, image, image)
+  pose = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  appearance = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  drawn = net.apply(variables, pose, appearance, method=model_lib.DFCNet.retarget_keypoints)
+  # The ground starts at the image's bottom edge.
+  np.testing.assert_allclose(drawn, model_lib.skeleton_prior(pose, appearance, skeleton, skeleton, jnp.float32(1.0)),
+                             atol=1e-6)
+  assert np.abs(np.asarray(drawn) - np.asarray(pose)).max() > 1e-3
+  with pytest.raises(ValueError, match='needs retarget=True and bones'):
+    model_lib.DFCNet(num_keypoints=3, warp=True, retarget=True, skeleton=skeleton).init(_KEY, image, image)
+  with pytest.raises(ValueError, match='parents before their children'):
+    model_lib.DFCNet(num_keypoints=3, warp=True, retarget=True, bones=skeleton,
+                     skeleton=((1, 2), (0, 1))).init(_KEY, image, image)
+
+
 def test_instance_norm_erases_intensity_and_norm_none_keeps_it():
   # A target and a dimmer copy of it (x / 2): bias-free convs and instance norm make the static features, hence the
   # output, blind to such a change of the target's colours (what made the demo output washed-out blobs); with

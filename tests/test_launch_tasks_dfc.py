@@ -182,6 +182,23 @@ def test_config_variants_combine_in_order():
     dfc_config.get_config('')
 
 
+def test_the_puppet_skeleton_retargets_exact_joints_of_unseen_pairs_much_closer_to_the_truth_than_none():
+  # What a skeleton retargeter starts from (its MLP then corrects it): from the renderer's exact joints, the truth's
+  # body in the source's pose, measured against no retargeting (the source's joints).
+  config = dfc_config.get_config('demo')
+  index = {name: i for i, name in enumerate(puppets.JOINT_NAMES)}
+  skeleton = tuple((index[parent], index[child]) for parent, child in puppets.SKELETON)
+  size = config.data.image_size
+  eval_set = pose_data.make_eval_set(config.data, 'test_unseen_characters', 32, sample_seed=1)
+  unit = lambda pixels: jnp.asarray(2.0 * pixels / size - 1.0)  # noqa: E731
+  # At the world's ground line, where the trained model's ground parameter goes.
+  ground = jnp.float32(2 * puppets._GROUND - 1)  # noqa: SLF001
+  drawn = model_lib.skeleton_prior(unit(eval_set['source_joints']), unit(eval_set['target_joints']),
+                                   skeleton, config.model.bones, ground)
+  error = lambda joints: float(np.mean(np.linalg.norm(joints - eval_set['truth_joints'], axis=-1)))  # noqa: E731
+  assert error((np.asarray(drawn) + 1.0) * size / 2) < 0.4 * error(eval_set['source_joints'])
+
+
 def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders():
   demo = dfc_config.get_config('demo')
   names = [tuple(puppets.JOINT_NAMES[i] for i in bone) for bone in demo.model.bones]

@@ -41,7 +41,12 @@ Not in the design, off in the paper variant, on in the demo:
     alone (no generator or discriminator runs), and the schedules and the adversarial warm-up count after them;
   bone motion, --config.model.bones=((i, j), ...): keypoint pairs that move as similarities (first order);
   retargeting, --config.model.retarget=True: an MLP of both images' keypoints moves the source's onto the
-    target's body (its limb lengths, size and ground line);
+    target's body (its limb lengths, size and ground line); with --config.model.skeleton='((parent, child), ...)'
+    (and bones) the MLP corrects a skeleton retargeting instead (the source's bone directions with the target's
+    bone lengths, standing where the source stood; dfc_jax.model.skeleton_prior). The puppets' tree
+    (input_pipeline.puppets.SKELETON) is '((0,1),(1,2),(1,3),(3,4),(4,5),(1,6),(6,7),(7,8),(0,9),(9,10),(10,11),
+    (0,12),(12,13),(13,14))'. From exact joints it is much closer than the MLP (README), from the demo encoder's
+    ~1 px off joints not, and its one demo run collapsed; off in every variant;
   an occlusion map, --config.model.occlusion=True;
   (demo,unsupervised) a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the keypoints of a randomly
     rotated, scaled and shifted source must be the source's keypoints moved the same way; transform ranges in
@@ -122,7 +127,8 @@ def _base_config() -> ml_collections.ConfigDict:
       # Instance norm in the static encoder and generator erases the target's colours (outputs were washed-out
       # blobs); see DFCNet.norm. static_levels None: static skips at every scale.
       norm='none', static_levels=ml_collections.FieldReference(None, field_type=int), warp=False,
-      learn_sharpen=False, bones=None, occlusion=False, retarget=False))
+      learn_sharpen=False, bones=None, occlusion=False, retarget=False,
+      skeleton=ml_collections.FieldReference(None, field_type=tuple)))
   config.discriminator = ml_collections.ConfigDict(dict(num_scales=2, width=64, num_layers=3, pose_condition=False))
   config.loss = _loss_defaults()
   # The discriminator's rate is d_learning_rate_ratio x learning_rate (the generator's).

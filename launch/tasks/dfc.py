@@ -143,15 +143,15 @@ class DFCTask(task_lib.Task):
   name = 'dfc'
   # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
   # sharpening, the pose-conditioned discriminator, the normalised perceptual loss, the separation prior, bone
-  # motion, the occlusion map, retargeting, joint supervision, the pose encoder's hourglass, limb mixing and the pose
-  # pretraining's augmentation used none.
+  # motion, the occlusion map, retargeting (and its skeleton), joint supervision, the pose encoder's hourglass, limb
+  # mixing and the pose pretraining's augmentation used none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith(('equivariance', 'pose_augment'))},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
                           'model.warp': False, 'model.learn_sharpen': False, 'discriminator.pose_condition': False,
                           'loss.perceptual_normalize': False, 'loss.perceptual_scales': 1, 'loss.separation': 0.0,
                           'loss.separation_sigma': 0.1, 'eval.regressor_steps': 800, 'eval.regressor_renders': 1024,
-                          'model.bones': None, 'model.pose_upsample': 0,
+                          'model.bones': None, 'model.pose_upsample': 0, 'model.skeleton': None,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
                           'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
                           'data.limb_mixing': 0.0}
