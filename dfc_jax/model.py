@@ -331,15 +331,14 @@ def skeleton_prior(pose_keypoints: jax.Array, appearance_keypoints: jax.Array, s
   length = lambda kp, i, j: jnp.linalg.norm(kp[:, j] - kp[:, i], axis=-1, keepdims=True)  # noqa: E731
   total = lambda kp: sum(length(kp, i, j) for i, j in rigid)  # noqa: E731
   scale = total(appearance_keypoints) / jnp.maximum(total(pose_keypoints), 1e-6)  # [N, 1]
-  placed = {skeleton[0][0]: pose_keypoints[:, skeleton[0][0]]}
+  root = skeleton[0][0]
+  placed = {root: pose_keypoints[:, root]}
   for parent, child in skeleton:
-    offset = pose_keypoints[:, child] - pose_keypoints[:, parent]
-    pose_length = jnp.maximum(jnp.linalg.norm(offset, axis=-1, keepdims=True), 1e-6)
+    pose_length = jnp.maximum(length(pose_keypoints, parent, child), 1e-6)
     new_length = length(appearance_keypoints, parent, child) if (parent, child) in rigid else pose_length * scale
-    placed[child] = placed[parent] + offset / pose_length * new_length
+    placed[child] = placed[parent] + (pose_keypoints[:, child] - pose_keypoints[:, parent]) / pose_length * new_length
   indices = sorted(placed)
   body = jnp.stack([placed[i] for i in indices], axis=1)
-  root = skeleton[0][0]
   shift_x = pose_keypoints[:, root, 0] * scale[:, 0] - placed[root][:, 0]
   lift = ground - jnp.max(pose_keypoints[:, indices, 1], axis=1)
   shift_y = ground - lift * scale[:, 0] - jnp.max(body[..., 1], axis=1)
@@ -423,23 +422,21 @@ class DFCNet(nn.Module):
       self.log_sharpen = self.param('log_sharpen', nn.initializers.constant(math.log(self.sharpen_factor)), ())
     if (self.bones is not None or self.occlusion or self.retarget) and not self.warp:
       raise ValueError('bones, occlusion and retarget act on the keypoint warp: they need warp=True')
-    if self.bones is not None and any(not (0 <= i < self.num_keypoints and 0 <= j < self.num_keypoints)
-                                      for i, j in self.bones):
-      raise ValueError(f'bones must pair keypoint indices below num_keypoints={self.num_keypoints}, '
-                       f'got {self.bones}')
+    for name in ('bones', 'skeleton'):
+      pairs = getattr(self, name)
+      if pairs is not None and any(not (0 <= i < self.num_keypoints and 0 <= j < self.num_keypoints)
+                                   for i, j in pairs):
+        raise ValueError(f'{name} must pair keypoint indices below num_keypoints={self.num_keypoints}, got {pairs}')
     if self.warp:
       self.motion = KeypointMotion(self.num_keypoints, bones=self.bones, occlusion=self.occlusion,
                                    dtype=self.dtype)
-    if self.skeleton is not None and (not self.retarget or not self.bones):
-      raise ValueError('skeleton acts in the retargeter and measures bodies by their bones: it needs retarget=True '
-                       'and bones')
-    if self.skeleton is not None and any(not (0 <= i < self.num_keypoints and 0 <= j < self.num_keypoints)
-                                         for i, j in self.skeleton):
-      raise ValueError(f'skeleton must pair keypoint indices below num_keypoints={self.num_keypoints}, '
-                       f'got {self.skeleton}')
-    if self.skeleton is not None and any(parent not in {self.skeleton[0][0]} | {c for _, c in self.skeleton[:e]}
-                                         for e, (parent, _) in enumerate(self.skeleton)):
-      raise ValueError(f'skeleton must list parents before their children, from one root; got {self.skeleton}')
+    if self.skeleton is not None:
+      if not self.retarget or not self.bones:
+        raise ValueError('skeleton acts in the retargeter and measures bodies by their bones: it needs '
+                         'retarget=True and bones')
+      if any(parent not in {self.skeleton[0][0]} | {c for _, c in self.skeleton[:e]}
+             for e, (parent, _) in enumerate(self.skeleton)):
+        raise ValueError(f'skeleton must list parents before their children, from one root; got {self.skeleton}')
     if self.retarget:
       self.retargeter = KeypointRetargeter(skeleton=self.skeleton, rigid=self.bones or ())
 

@@ -192,13 +192,17 @@ def test_bone_motion_moves_features_and_the_occlusion_map_scales_them():
   np.testing.assert_allclose(hidden, 0.0, atol=1e-9)
 
 
-def test_retargeting_starts_as_the_identity_and_needs_the_warp():
+def _retargeting_case(**model_kwargs):
+  """A 3-keypoint retargeting DFCNet, its variables, an image and random pose and appearance keypoints."""
   net = model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4, 4), widths=(4, 4, 4), warp=True, retarget=True,
-                         bones=((0, 1), (1, 2)), occlusion=True)
+                         bones=((0, 1), (1, 2)), **model_kwargs)
   image = jnp.asarray(_RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-  variables = net.init(_KEY, image, image)
-  pose = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
-  appearance = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  pose, appearance = (jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32) for _ in range(2))
+  return net, net.init(_KEY, image, image), image, pose, appearance
+
+
+def test_retargeting_starts_as_the_identity_and_needs_the_warp():
+  net, variables, image, pose, appearance = _retargeting_case(occlusion=True)
   drawn = net.apply(variables, pose, appearance, method=model_lib.DFCNet.retarget_keypoints)
   np.testing.assert_allclose(drawn, pose, atol=1e-7)
   # Once trained, it moves them.
@@ -230,12 +234,7 @@ def test_the_skeleton_prior_redraws_the_pose_with_the_appearances_bones_where_th
 
 def test_a_skeleton_retargeter_starts_at_the_skeleton_prior_and_needs_bones_in_tree_order():
   skeleton = ((0, 1), (1, 2))
-  net = model_lib.DFCNet(num_keypoints=3, pose_widths=(4, 4, 4), widths=(4, 4, 4), warp=True, retarget=True,
-                         bones=((0, 1), (1, 2)), skeleton=skeleton)
-  image = jnp.asarray(_RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
-  variables = net.init(_KEY, image, image)
-  pose = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
-  appearance = jnp.asarray(_RNG.uniform(-0.5, 0.5, (2, 3, 2)), jnp.float32)
+  net, variables, image, pose, appearance = _retargeting_case(skeleton=skeleton)
   drawn = net.apply(variables, pose, appearance, method=model_lib.DFCNet.retarget_keypoints)
   # The ground starts at the image's bottom edge.
   np.testing.assert_allclose(drawn, model_lib.skeleton_prior(pose, appearance, skeleton, skeleton, jnp.float32(1.0)),

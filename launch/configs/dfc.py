@@ -46,7 +46,7 @@ Not in the design, off in the paper variant, on in the demo:
     bone lengths, standing where the source stood; dfc_jax.model.skeleton_prior). The puppets' tree
     (input_pipeline.puppets.SKELETON) is '((0,1),(1,2),(1,3),(3,4),(4,5),(1,6),(6,7),(7,8),(0,9),(9,10),(10,11),
     (0,12),(12,13),(13,14))'. From exact joints it is much closer than the MLP (README), from the demo encoder's
-    ~1 px off joints not, and its one demo run collapsed; off in every variant;
+    ~1 px off joints not, and its one demo run (with the earlier GAN ramp) collapsed; off in every variant;
   an occlusion map, --config.model.occlusion=True;
   (demo,unsupervised) a keypoint equivariance prior, --config.loss.equivariance=WEIGHT (the keypoints of a randomly
     rotated, scaled and shifted source must be the source's keypoints moved the same way; transform ranges in
