@@ -34,26 +34,13 @@ class TrainState:
 
 
 def make_optimizer(learning_rate: float, b1: float, b2: float, num_steps: int,
-                   decay_start: float = 0.5, pose_rate_ratio: float = 1.0) -> optax.GradientTransformation:
-  """Adam with a constant rate, decayed linearly to 0 from decay_start * num_steps to num_steps.
-
-  pose_rate_ratio (generator only): pose_params train at that fraction of the rate. Adam's update is per parameter
-  and proportional to the rate, so scaling those updates is Adam at the lower rate. At 1 the optimizer (and its
-  state's layout) is plain Adam.
-  """
+                   decay_start: float = 0.5) -> optax.GradientTransformation:
+  """Adam with a constant rate, decayed linearly to 0 from decay_start * num_steps to num_steps."""
   constant_steps = int(num_steps * decay_start)
   schedule = optax.join_schedules(
       [optax.constant_schedule(learning_rate),
        optax.linear_schedule(learning_rate, 0.0, max(1, num_steps - constant_steps))], [constant_steps])
-  adam = optax.adam(schedule, b1=b1, b2=b2)
-  if pose_rate_ratio == 1.0:
-    return adam
-  return optax.chain(adam, optax.masked(optax.scale(pose_rate_ratio), _pose_param_mask))
-
-
-def _pose_param_mask(g_params: dict[str, Any]) -> dict[str, Any]:
-  pose = set(pose_params(g_params))
-  return {name: jax.tree.map(lambda _: name in pose, subtree) for name, subtree in g_params.items()}
+  return optax.adam(schedule, b1=b1, b2=b2)
 
 
 def make_pose_pretrain_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:

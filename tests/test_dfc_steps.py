@@ -297,19 +297,3 @@ def test_drawn_keypoints_are_the_retargeted_source_keypoints():
                                 method=model_lib.DFCNet.retarget_keypoints) if retarget else source_kp)
     np.testing.assert_allclose(drawn, expected, atol=1e-5)
     assert retarget == (np.abs(np.asarray(drawn) - np.asarray(source_kp)).max() > 1e-3)
-
-
-def test_pose_rate_ratio_scales_only_the_pose_parameters_updates():
-  image = jnp.zeros((1, 16, 16, 3))
-  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
-  grads = jax.tree.map(jnp.ones_like, g_params)
-  full, slow = (dfc_steps.make_optimizer(1e-2, 0.5, 0.999, 10, pose_rate_ratio=ratio) for ratio in (1.0, 0.1))
-  full_updates, _ = full.update(grads, full.init(g_params), g_params)
-  slow_updates, _ = slow.update(grads, slow.init(g_params), g_params)
-  pose = set(dfc_steps.pose_params(g_params))
-  assert pose and set(g_params) - pose
-  for name in g_params:
-    for fast_leaf, slow_leaf in zip(jax.tree.leaves(full_updates[name]), jax.tree.leaves(slow_updates[name])):
-      # Adam's first step is -lr * sign(gradient).
-      np.testing.assert_allclose(fast_leaf, -1e-2, rtol=1e-4)
-      np.testing.assert_allclose(slow_leaf, -1e-3 if name in pose else -1e-2, rtol=1e-4)

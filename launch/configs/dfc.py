@@ -131,10 +131,9 @@ def _base_config() -> ml_collections.ConfigDict:
       skeleton=ml_collections.FieldReference(None, field_type=tuple)))
   config.discriminator = ml_collections.ConfigDict(dict(num_scales=2, width=64, num_layers=3, pose_condition=False))
   config.loss = _loss_defaults()
-  # The discriminator's rate is d_learning_rate_ratio x learning_rate (the generator's); the pose encoder's and the
-  # retargeter's (after any pose pretraining) pose_learning_rate_ratio x learning_rate.
+  # The discriminator's rate is d_learning_rate_ratio x learning_rate (the generator's).
   config.optimizer = ml_collections.ConfigDict(dict(learning_rate=2e-4, d_learning_rate_ratio=1.0, b1=0.5, b2=0.999,
-                                                    decay_start=0.5, pose_learning_rate_ratio=1.0))
+                                                    decay_start=0.5))
   config.data = ml_collections.ConfigDict(dict(
       name='puppets', image_size=128, world_seed=0, num_train_characters=64, num_test_characters=16,
       num_support_characters=32, num_train_animations=48, num_test_animations=16, num_support_animations=24,

@@ -154,7 +154,7 @@ class DFCTask(task_lib.Task):
                           'model.bones': None, 'model.pose_upsample': 0, 'model.skeleton': None,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
                           'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
-                          'data.limb_mixing': 0.0, 'optimizer.pose_learning_rate_ratio': 1.0}
+                          'data.limb_mixing': 0.0}
   # Where the render cache lives does not change what it holds; the collapse check changes no step.
   resumable_fields = frozenset({'data.render_cache_dir', 'collapse_l1_ratio'})
 
@@ -195,12 +195,11 @@ class DFCTask(task_lib.Task):
     pretrain_steps = self.loss_config.pose_pretrain_steps
     # The generator and discriminator schedules run over the steps after the pose pretraining (their optimizers
     # take no step before).
-    make_tx = lambda rate, pose_ratio=1.0: dfc_steps.make_optimizer(  # noqa: E731
-        rate, opt.b1, opt.b2, self.config.num_steps - pretrain_steps, opt.decay_start, pose_ratio)
+    make_tx = lambda rate: dfc_steps.make_optimizer(  # noqa: E731
+        rate, opt.b1, opt.b2, self.config.num_steps - pretrain_steps, opt.decay_start)
     pose_tx = (dfc_steps.make_pose_pretrain_optimizer(opt.learning_rate, pretrain_steps) if pretrain_steps
                else None)
-    return dfc_steps.create_train_state(key, self.generator, self.discriminator,
-                                        make_tx(opt.learning_rate, opt.pose_learning_rate_ratio),
+    return dfc_steps.create_train_state(key, self.generator, self.discriminator, make_tx(opt.learning_rate),
                                         make_tx(opt.learning_rate * opt.d_learning_rate_ratio),
                                         image_shape=(1, *example_batch['source'].shape[1:]), pose_tx=pose_tx)
 
