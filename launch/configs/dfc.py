@@ -28,8 +28,9 @@ frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. 
          (--config.data.cache_frames=False: decode every time).
          Any variant trains on frames with --config.data.name=frames and the same fields.
 
-Ablations of the paper's three claims are overrides of any variant (measured at the demo setting, two seeds each: none
-differs from the full model by more than about two seed spreads; without consistency losses seed 0 collapsed; README):
+Ablations of the paper's three claims are overrides of any variant (measured at the demo setting, seeds 0 and 1:
+no ablated mean differs from the full model's by more than about two seed spreads, and without consistency losses
+seed 0 collapsed; README):
   without consistency losses: --config.loss.use_consistency=False
   without the keypoint amplifier: --config.model.amplifier=off
   without support data: --config.data.support=False
