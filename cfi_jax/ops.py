@@ -67,7 +67,10 @@ def adaptive_avg_pool_padded(x: jax.Array, sizes_h: jax.Array, sizes_w: jax.Arra
   oh, ow = size
   rows = _true_pool_matrix(sizes_h, x.shape[1], oh).astype(x.dtype)
   cols = _true_pool_matrix(sizes_w, x.shape[2], ow).astype(x.dtype)
-  return jnp.einsum('nih,nhwc,njw->nijc', rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+  # Rows first, as two contractions: H is the outer axis of NHWC, so the full-size one reads x in place (one
+  # three-operand einsum let XLA:CPU transpose all of x first, which cost more than the pooling).
+  pooled_rows = jnp.einsum('nih,nhwc->niwc', rows, x, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum('njw,niwc->nijc', cols, pooled_rows, precision=jax.lax.Precision.HIGHEST)
 
 
 def _resize_axis_padded(x: jax.Array, axis: int, in_sizes: jax.Array, out_sizes: jax.Array,

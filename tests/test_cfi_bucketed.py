@@ -22,7 +22,7 @@ def _pair(size, seed):
 @pytest.mark.parametrize('multiple, sizes', [
     # Odd sizes (max-pool floors), sizes below the 8x8 CFI pooling, the minimum, and one filling its bucket.
     (64, [(37, 53), (20, 12), (4, 4), (64, 33)]),
-    # A bucket whose quarter scale (10 rows) is not a whole number of attention row blocks.
+    # A bucket only a few pixels larger than its image.
     (4, [(37, 53)]),
 ])
 def test_bucketed_batch_equals_unpadded_network(multiple, sizes):
@@ -33,6 +33,19 @@ def test_bucketed_batch_equals_unpadded_network(multiple, sizes):
     expected = np.asarray(_unpadded(variables, vis[None, :, :, None], ir[None, :, :, None])[0, :, :, 0])
     assert out.shape == vis.shape
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+
+
+def test_attention_row_blocks_with_a_clamped_last_block(monkeypatch):
+  # Blocks of 100 pixels: 1 row at 40x56, 3 at 20x28 (the last of 7 blocks clamped to end at row 20, so it repeats
+  # a row of the one before), 7 at 10x14 (2 blocks, the second clamped). Called unjitted, so the patch applies.
+  monkeypatch.setattr(bucketed, '_ATTENTION_PIXELS', 100)
+  model = ISFuse(features=8)
+  variables = random_variables(model, seed=3)
+  vis, ir = _pair((37, 53), seed=8)
+  pad = lambda x: np.pad(x, ((0, 3), (0, 3)))[None, :, :, None]
+  out = bucketed.forward(model, bucketed.fold_batchnorm(variables), pad(vis), pad(ir), np.array([[37, 53]], np.int32))
+  expected = _unpadded(variables, vis[None, :, :, None], ir[None, :, :, None])
+  np.testing.assert_allclose(np.asarray(out)[0, :37, :53, 0], np.asarray(expected)[0, :, :, 0], atol=1e-5, rtol=0)
 
 
 def test_bucketed_without_cfi_equals_unpadded_network():
