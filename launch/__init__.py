@@ -1,0 +1,8 @@
+"""The training loop, checkpoints, task adapters, configs and the binaries (`python -m launch.NAME`).
+
+A binary first re-executes itself with huge pages for XLA:CPU's buffers (launch/huge_pages.py), before it imports
+anything heavy; importing the library does nothing of the kind.
+"""
+from launch import huge_pages
+
+huge_pages.reexec_binary()
