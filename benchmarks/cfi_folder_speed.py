@@ -10,6 +10,9 @@ project's float64 host metrics (tang2023, cfi_jax.metrics) after the loop, becau
 part of this repository; the issue measured that evaluator at about the same speed per pair on this machine.
 The project side is `launch.fuse --ir_dir` and `launch.evaluate_cfi --checkpoint` (tang2023), each run twice: with an
 empty compilation cache (a first run) and again with the cache the first run filled (every later run).
+The project's binaries re-execute themselves with huge pages (launch/huge_pages.py); the release loop runs as its
+users run it, without. The steady-state row runs both networks in this process: run the benchmark under
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to give both huge pages there.
 Every command is a fresh process timed from start to exit; the sides run interleaved, round after round, so a
 noisy machine slows both alike, and the table prints ratios (release time / project time: > 1 means faster). The
 fused images of the two sides are compared in gray levels.
