@@ -173,9 +173,9 @@ def _forward(model, folded, vis, ir, sizes):
     k_i, v_i, k_v, v_v = (_conv(pooled_ir, p['k_i'], dtype), _conv(pooled_ir, p['v_i'], dtype),
                           _conv(pooled_vis, p['k_v'], dtype), _conv(pooled_vis, p['v_v'], dtype))
     # Per pixel the attention makes as many logits and weights as there are tokens; over a whole image those
-    # arrays dwarf the caches, so it runs on blocks of rows whose logits fit a core's L2 cache (about 3x faster
-    # than whole images or larger blocks at 480x640). The last block is clamped to end at the last row
-    # (dynamic_slice's rule), so it recomputes a few rows of the one before with the same values.
+    # arrays dwarf the caches, so it runs on blocks of rows whose logits fit a core's L2 cache (at 480x640 on one
+    # core about 3x faster than whole images or 8-row blocks; on two, as fast as whole images). The last block is
+    # clamped to end at the last row (dynamic_slice's rule): it recomputes a few rows of the one before, alike.
     n, h, w, c = f_vis.shape
     rows = max(1, min(h, _ATTENTION_PIXELS // w))
 
