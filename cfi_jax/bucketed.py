@@ -156,33 +156,39 @@ def _forward(model, folded, vis, ir, sizes):
     f3 = double_conv(_max_pool2(f2) * scales[2].mask, p['stage3'], scales[2])
     return f1, f2, f3
 
-  def attention(features, query_p, keys, values):
-    """Attention of every pixel's query (a 1x1 conv of `features`) over the other modality's pooled tokens."""
-    n, _, _, c = features.shape
+  def fold_query(query_p, keys):
+    """The query projection folded into the pooled keys, [c, tokens] and [tokens] per image:
+    (f Wq + bq) K^T / sqrt(c) = f (Wq K^T / sqrt(c)) + bq K^T / sqrt(c), so no full-resolution query map is made."""
+    n, _, _, c = keys.shape
     keys = keys.reshape(n, -1, c)
-    # The query projection folded into the keys: (f Wq + bq) K^T = f (Wq K^T) + bq K^T, a [c, tokens] matrix per
-    # image, so no full-resolution query map is made.
     scale = 1 / math.sqrt(c)
-    key_kernel = jnp.einsum('cd,nkd->nck', query_p['kernel'][0, 0].astype(dtype), keys) * scale
-    key_bias = jnp.einsum('d,nkd->nk', query_p['bias'].astype(dtype), keys) * scale
+    kernel = jnp.einsum('cd,nkd->nck', query_p['kernel'][0, 0].astype(dtype), keys) * scale
+    bias = jnp.einsum('d,nkd->nk', query_p['bias'].astype(dtype), keys) * scale
+    return kernel, bias
+
+  def attention(features, folded_keys, values):
+    """Attention of every pixel's query over the other modality's pooled tokens (values: [N, tokens, c])."""
+    key_kernel, key_bias = folded_keys
     logits = jnp.einsum('nhwc,nck->nhwk', features, key_kernel) + key_bias[:, None, None, :]
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-    return jnp.einsum('nhwk,nkc->nhwc', weights, values.reshape(n, -1, c))
+    return jnp.einsum('nhwk,nkc->nhwc', weights, values)
 
   def cross_attention(f_vis, f_ir, pooled_vis, pooled_ir, p):
-    k_i, v_i, k_v, v_v = (_conv(pooled_ir, p['k_i'], dtype), _conv(pooled_ir, p['v_i'], dtype),
-                          _conv(pooled_vis, p['k_v'], dtype), _conv(pooled_vis, p['v_v'], dtype))
+    n, h, w, c = f_vis.shape
+    tokens = lambda pooled, name: _conv(pooled, p[name], dtype)
+    keys_i, keys_v = fold_query(p['q_v'], tokens(pooled_ir, 'k_i')), fold_query(p['q_i'], tokens(pooled_vis, 'k_v'))
+    values_i = tokens(pooled_ir, 'v_i').reshape(n, -1, c)
+    values_v = tokens(pooled_vis, 'v_v').reshape(n, -1, c)
     # Per pixel the attention makes as many logits and weights as there are tokens; over a whole image those
     # arrays dwarf the caches, so it runs on blocks of rows whose logits fit a core's L2 cache (at 480x640 on one
     # core about 3x faster than whole images or 8-row blocks; on two, as fast as whole images). The last block is
     # clamped to end at the last row (dynamic_slice's rule): it recomputes a few rows of the one before, alike.
-    n, h, w, c = f_vis.shape
     rows = max(1, min(h, _ATTENTION_PIXELS // w))
 
     def block(i, out):
       take = lambda f: lax.dynamic_slice_in_dim(f, i * rows, rows, axis=1)
-      mixed = attention(take(f_vis), p['q_v'], k_i, v_i) + attention(take(f_ir), p['q_i'], k_v, v_v)
-      return lax.dynamic_update_slice_in_dim(out, mixed.astype(out.dtype), i * rows, axis=1)
+      mixed = attention(take(f_vis), keys_i, values_i) + attention(take(f_ir), keys_v, values_v)
+      return lax.dynamic_update_slice_in_dim(out, mixed, i * rows, axis=1)
 
     return lax.fori_loop(0, -(-h // rows), block, jnp.zeros((n, h, w, c), dtype))
 
