@@ -30,6 +30,9 @@ _STREAM_LENGTH = 2**40
 TRAIN_KEYS = ('source', 'target', 'truth')
 # The renderer's joints of a paired puppet sample, for joint supervision (make_train_dataset's with_joints).
 JOINT_KEYS = ('source_joints', 'target_joints', 'truth_joints')
+# The renderer's silhouettes of a paired puppet sample, for the foreground loss (make_train_dataset's
+# with_silhouettes).
+SILHOUETTE_KEYS = ('truth_silhouette', 'target_silhouette')
 SUPPORT_KEYS = ('support_source', 'support_target')
 DATASETS = ('puppets', 'frames')
 FRAMES_TEST_SPLIT = 'test_frames'
@@ -55,9 +58,9 @@ class _TrainSample:
   """Index -> one training element (PuppetSamplers), or indices [b] -> one training batch (CachedPuppetSamplers);
   a picklable callable so that grain worker processes can run it."""
 
-  def __init__(self, paired, support, with_joints: bool):
+  def __init__(self, paired, support, with_joints: bool, with_silhouettes: bool = False):
     self.paired, self.support = paired, support
-    self.keys = TRAIN_KEYS + JOINT_KEYS if with_joints else TRAIN_KEYS
+    self.keys = TRAIN_KEYS + (JOINT_KEYS if with_joints else ()) + (SILHOUETTE_KEYS if with_silhouettes else ())
 
   def __call__(self, index) -> dict[str, np.ndarray]:
     sample = self.paired.paired(index)
@@ -115,9 +118,10 @@ def eval_splits(data_config: ml_collections.ConfigDict, puppet_splits) -> tuple[
 
 def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, batch_size: int,
                        process_index: int = 0, process_count: int = 1, with_joints: bool = False,
-                       render_cache_dir: str | None = None) -> grain.IterDataset:
-  """Infinite training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3], and with
-  with_joints (puppets only) the renderer's JOINT_KEYS [b,J,2] in pixels.
+                       with_silhouettes: bool = False, render_cache_dir: str | None = None) -> grain.IterDataset:
+  """Infinite training batches of this process: {'source','target','truth'[,'support_*']} [b,S,S,3], with
+  with_joints (puppets only) the renderer's JOINT_KEYS [b,J,2] in pixels, and with with_silhouettes (puppets
+  rendered on the fly) its SILHOUETTE_KEYS [b,S,S] bool.
 
   render_cache_dir (puppets): read the train and support renders from a cache under this directory
   (input_pipeline.puppet_cache, built on first use) instead of rendering every sample; the images are then uint8
@@ -132,11 +136,16 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
     raise errors.DataConfigError(f'joint supervision (loss.joint_supervision > 0) needs true joints, which only '
                                  f"the puppet renders have; data.name is {data_config.name!r}: set "
                                  f'--config.loss.joint_supervision=0')
+  if with_silhouettes and (data_config.name != 'puppets' or render_cache_dir is not None):
+    raise errors.DataConfigError(
+        'the foreground loss (loss.foreground > 0) needs the renderer\'s silhouettes, which only puppets rendered '
+        f'on the fly have (data.name is {data_config.name!r}, data.render_cache {render_cache_dir is not None}): '
+        'set --config.loss.foreground=0' + (' or --config.data.render_cache=False' if render_cache_dir else ''))
   local_batch = batch_size // process_count
   samples = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count]
   read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
   if data_config.name == 'puppets':
-    sample = _TrainSample(*_puppet_samplers(data_config, seed, render_cache_dir), with_joints)
+    sample = _TrainSample(*_puppet_samplers(data_config, seed, render_cache_dir), with_joints, with_silhouettes)
     if render_cache_dir is not None:
       # A cache reads whole batches: one gather per image key instead of a copy per sample and a stack.
       return samples.batch(local_batch, drop_remainder=True).map(sample).to_iter_dataset(read_options)

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from dfc_jax import losses
+from dfc_jax import metrics
 from dfc_jax import model as model_lib
 from dfc_jax import steps as dfc_steps
 from dfc_jax import transforms
@@ -128,6 +129,35 @@ def test_joint_supervision_trains_the_pose_encoder_towards_the_true_joints():
   np.testing.assert_allclose(total, 2.0 * expected, rtol=1e-5)
   grads = jax.grad(lambda g: loss_fn(g, 1.0)[0])(g_params)
   assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads['pose_encoder'])) > 0
+
+
+def test_foreground_loss_is_the_metric_over_the_silhouettes_union_and_ignores_the_background():
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  rng = np.random.default_rng(3)
+  batch['truth_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.2
+  batch['target_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.2
+  off = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
+             use_consistency=False, use_support=False)
+  loss_fn = lambda g, b: dfc_steps._generator_loss(  # noqa: E731
+      g, d_params, b, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+      config=losses.LossConfig(foreground=3.0, **off), vgg_params=None)
+  total, (parts, output, _) = loss_fn(g_params, batch)
+  union = batch['truth_silhouette'] | batch['target_silhouette']
+  expected = metrics.foreground_l1(np.asarray(dfc_steps.to_unit_range(output)), batch['truth'], union).mean()
+  np.testing.assert_allclose(parts['foreground'], expected, rtol=1e-5)
+  np.testing.assert_allclose(total, 3.0 * expected, rtol=1e-5)
+  # A truth changed only outside both silhouettes changes nothing; inside, it does.
+  outside, inside = dict(batch), dict(batch)
+  outside['truth'] = np.where(union[..., None], batch['truth'], 1.0 - batch['truth'])
+  inside['truth'] = np.where(union[..., None], 1.0 - batch['truth'], batch['truth'])
+  assert float(loss_fn(g_params, outside)[0]) == pytest.approx(float(total), rel=1e-6)
+  assert abs(float(loss_fn(g_params, inside)[0]) - float(total)) > 1e-3
+  # An empty union adds nothing (no division by zero).
+  empty = dict(batch, truth_silhouette=np.zeros_like(union), target_silhouette=np.zeros_like(union))
+  assert float(loss_fn(g_params, empty)[0]) == 0.0
 
 
 def _blob_batch(n: int, size: int = 32) -> dict[str, np.ndarray]:

@@ -222,6 +222,17 @@ def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders(
   frames.data.frames_dir = '/nonexistent'
   with pytest.raises(errors.DataConfigError, match='joint_supervision=0'):
     pose_data.make_train_dataset(frames.data, seed=0, batch_size=8, with_joints=True)
+  # The foreground loss reads the renderer's silhouettes of the same samples; cached renders and frames have none.
+  smoke.loss.foreground = 1.0
+  element = next(iter(dfc_task.make_task(smoke).train_dataset(seed=0, process_index=0, process_count=1)))
+  sample = sampler.paired(0)
+  for key in pose_data.SILHOUETTE_KEYS:
+    assert element[key].shape == (smoke.batch_size, smoke.data.image_size, smoke.data.image_size)
+    np.testing.assert_array_equal(element[key][0], sample[key])
+  with pytest.raises(errors.DataConfigError, match='loss.foreground=0'):
+    pose_data.make_train_dataset(frames.data, seed=0, batch_size=8, with_silhouettes=True)
+  with pytest.raises(errors.DataConfigError, match='render_cache=False'):
+    pose_data.make_train_dataset(smoke.data, seed=0, batch_size=8, with_silhouettes=True, render_cache_dir='/tmp')
   # Field mistakes are refused when the task is made, as one line naming the field (no traceback from inside jit).
   smoke.loss.pose_pretrain_steps = smoke.num_steps
   with pytest.raises(errors.ConfigError, match=r'config.loss.pose_pretrain_steps \(4\) must be below config.num_steps'):

@@ -188,6 +188,7 @@ class DFCTask(task_lib.Task):
     return pose_data.make_train_dataset(data, seed=seed, batch_size=self.config.batch_size,
                                         process_index=process_index, process_count=process_count,
                                         with_joints=self.loss_config.joint_supervision > 0,
+                                        with_silhouettes=self.loss_config.foreground > 0,
                                         render_cache_dir=render_cache_dir)
 
   def init_state(self, key: jax.Array, example_batch) -> dfc_steps.TrainState:
