@@ -64,6 +64,9 @@ Not in the design, off in the paper variant, on in the demo:
   a pose-encoder hourglass, --config.model.pose_upsample=N: N upsampling stages (each meeting the encoder's
     features at its scale) after the coarsest of model.pose_widths, so the heatmaps keep their size while the
     coarsest stage sees the whole body;
+  a foreground L1, --config.loss.foreground=WEIGHT (puppets rendered on the fly): L1 over the union of the truth's
+    and the target's true silhouettes, where the character is drawn and the target's body painted over (the
+    whole-image L1 is ~93% background); measured in README, off in every variant;
   limb mixing, --config.data.limb_mixing=P (puppets, rendered on the fly): with probability P a training pose takes
     each limb from another random train frame (poses no training animation holds).
   pose-pretraining augmentation, --config.loss.pose_augment_rotation=DEGREES, pose_augment_log_scale,
