@@ -144,7 +144,7 @@ class DFCTask(task_lib.Task):
   # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
   # sharpening, the pose-conditioned discriminator, the normalised perceptual loss, the separation prior, bone
   # motion, the occlusion map, retargeting (and its skeleton), joint supervision, the pose encoder's hourglass, limb
-  # mixing and the pose pretraining's augmentation used none.
+  # mixing, the pose pretraining's augmentation and the foreground L1 used none.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith(('equivariance', 'pose_augment'))},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
@@ -154,7 +154,7 @@ class DFCTask(task_lib.Task):
                           'model.bones': None, 'model.pose_upsample': 0, 'model.skeleton': None,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
                           'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
-                          'data.limb_mixing': 0.0}
+                          'data.limb_mixing': 0.0, 'loss.foreground': 0.0}
   # Where the render cache lives does not change what it holds; the collapse check changes no step.
   resumable_fields = frozenset({'data.render_cache_dir', 'collapse_l1_ratio'})
 
