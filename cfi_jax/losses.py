@@ -15,6 +15,7 @@ from cfi_jax import interventions
 from cfi_jax import ops
 
 INTENSITY_TERMS = ('release', 'max')
+GRADIENT_TERMS = ('release', 'of_max')
 # The release clamps gates into [eps, 1 - eps] before the binary entropy.
 _ENTROPY_EPS = 1e-6
 
@@ -27,6 +28,10 @@ class LossConfig:
     alpha: weight of L_inv.
     beta: weight of L_nec.
     lambda_grad: weight of the Laplacian-gradient term of L_f.
+    gradient: L_f's gradient term. 'release': L1(|Lap F|, max(|Lap vis|, |Lap ir|)) (the release and the paper),
+      which asks for the larger source's Laplacian magnitude with either sign, so its minimiser carries texture
+      correlated with neither source (benchmarks/cfi_lf_optimum.py); 'of_max': L1(Lap F, Lap max(vis, ir)), the
+      Laplacian of the 'max' intensity term's target, so both terms share their minimiser (needs intensity='max').
     intensity: L_f's intensity term. 'release': L1(F, vis) + L1(F, ir) (the release and the paper), which is flat for
       any F between the two sources, so it does not say which one a pixel should follow; 'max': L1(F, max(vis, ir))
       (the intensity loss of SeAFusion, Tang et al. 2022), which keeps the brighter source: warm targets at their IR
@@ -47,6 +52,7 @@ class LossConfig:
   beta: float = 0.05
   lambda_grad: float = 1.0
   intensity: str = 'release'
+  gradient: str = 'release'
   eta: float = 0.3
   entropy_sign: str = 'release'
   nec_mode: str = 'release'
@@ -63,6 +69,11 @@ class LossConfig:
       raise ValueError(f"LossConfig.entropy_sign must be 'release' or 'paper', got {self.entropy_sign!r}")
     if self.intensity not in INTENSITY_TERMS:
       raise ValueError(f"LossConfig.intensity must be one of {INTENSITY_TERMS}, got {self.intensity!r}")
+    if self.gradient not in GRADIENT_TERMS:
+      raise ValueError(f"LossConfig.gradient must be one of {GRADIENT_TERMS}, got {self.gradient!r}")
+    if self.gradient == 'of_max' and self.intensity != 'max':
+      raise ValueError("LossConfig.gradient='of_max' is the Laplacian of the 'max' intensity term's target; set "
+                       "intensity='max' too")
     if self.nec_mode not in ('release', 'hinge'):
       raise ValueError(f"LossConfig.nec_mode must be 'release' or 'hinge', got {self.nec_mode!r}")
     if self.use_inv and not (self.complementary or self.random):
@@ -114,13 +125,17 @@ def laplacian8(x: jax.Array) -> jax.Array:
 
 
 def fidelity_loss(fused: jax.Array, vis: jax.Array, ir: jax.Array, lambda_grad: float = 1.0,
-                  intensity: str = 'release') -> tuple[jax.Array, dict[str, jax.Array]]:
-  """L_f = intensity term + lambda * L1(|Lap F|, max(|Lap vis|, |Lap ir|)), and its terms.
+                  intensity: str = 'release', gradient: str = 'release') -> tuple[jax.Array, dict[str, jax.Array]]:
+  """L_f = intensity term + lambda * gradient term, and its terms.
 
-  The intensity term is L1(F, vis) + L1(F, ir) ('release') or L1(F, max(vis, ir)) ('max'; LossConfig.intensity).
+  The intensity term is L1(F, vis) + L1(F, ir) ('release') or L1(F, max(vis, ir)) ('max'; LossConfig.intensity),
+  the gradient term L1(|Lap F|, max(|Lap vis|, |Lap ir|)) ('release') or L1(Lap F, Lap max(vis, ir)) ('of_max';
+  LossConfig.gradient).
   """
-  target = jnp.maximum(jnp.abs(laplacian8(vis)), jnp.abs(laplacian8(ir)))
-  grad = l1(jnp.abs(laplacian8(fused)), target)
+  if gradient == 'of_max':
+    grad = l1(laplacian8(fused), laplacian8(jnp.maximum(vis, ir)))
+  else:
+    grad = l1(jnp.abs(laplacian8(fused)), jnp.maximum(jnp.abs(laplacian8(vis)), jnp.abs(laplacian8(ir))))
   if intensity == 'max':
     l1_max = l1(fused, jnp.maximum(vis, ir))
     return l1_max + lambda_grad * grad, {'l1_max': l1_max, 'grad': grad}
@@ -195,7 +210,7 @@ def total_loss(fused: jax.Array, gates: Sequence[jax.Array], vis: jax.Array, ir:
   gates = [g.astype(jnp.float32) for g in gates]
   view = {name: i for i, name in enumerate(names)}
   clean = fused[view[interventions.CLEAN]]
-  loss_f, f_terms = fidelity_loss(clean, vis, ir, config.lambda_grad, config.intensity)
+  loss_f, f_terms = fidelity_loss(clean, vis, ir, config.lambda_grad, config.intensity, config.gradient)
   terms = {'loss_f': loss_f, **{f'loss_f_{k}': v for k, v in f_terms.items()}}
   loss = loss_f
   masked = [view[n] for n in (interventions.COMPLEMENTARY, interventions.RANDOM) if n in view]

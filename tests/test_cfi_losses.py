@@ -55,9 +55,29 @@ def test_fidelity_loss_max_intensity_prefers_the_brighter_source():
   np.testing.assert_allclose(loss_average, 0.2, rtol=1e-6)
 
 
-def test_loss_config_rejects_an_unknown_intensity_term():
+def test_gradient_of_max_shares_the_intensity_terms_minimiser_and_the_release_term_does_not():
+  rng = np.random.default_rng(0)
+  vis, ir = (jnp.asarray(rng.uniform(0.0, 1.0, (2, 9, 9, 1)), jnp.float32) for _ in range(2))
+  brighter = jnp.maximum(vis, ir)
+  loss, terms = losses.fidelity_loss(brighter, vis, ir, lambda_grad=1.0, intensity='max', gradient='of_max')
+  np.testing.assert_allclose([loss, terms['grad']], [0.0, 0.0], atol=1e-6)
+  # Off the maximum the term is the Laplacian's L1: a pixel raised by d changes Lap there by -8d and at each of its
+  # 8 neighbours by d (zero padding), 16d in all (a centre pixel of a 9x9 image, 2 images).
+  raised = brighter.at[0, 4, 4, 0].add(0.1)
+  _, terms = losses.fidelity_loss(raised, vis, ir, lambda_grad=1.0, intensity='max', gradient='of_max')
+  np.testing.assert_allclose(terms['grad'], 16 * 0.1 / (2 * 81), rtol=1e-5)
+  # The release's term asks for the larger source Laplacian's magnitude: at the maximum it is far from zero.
+  _, release_terms = losses.fidelity_loss(brighter, vis, ir, lambda_grad=1.0, intensity='max')
+  assert release_terms['grad'] > 0.1
+
+
+def test_loss_config_rejects_an_unknown_intensity_or_gradient_term():
   with pytest.raises(ValueError, match='intensity'):
     losses.LossConfig(intensity='mean')
+  with pytest.raises(ValueError, match='gradient'):
+    losses.LossConfig(gradient='sobel')
+  with pytest.raises(ValueError, match="intensity='max'"):
+    losses.LossConfig(gradient='of_max')
 
 
 def test_gate_map_averages_the_upsampled_scales():

@@ -192,10 +192,11 @@ def test_config_variants_combine_and_the_ablation_says_what_it_changes():
     cfi_configs.get_config("no_cfi")
 
 
-def test_checkpoints_from_before_the_intensity_and_clipping_fields_resume_with_the_release_values():
+def test_checkpoints_from_before_the_intensity_gradient_and_clipping_fields_resume_with_the_release_values():
   now = {"model": "m", "process_count": 1, "experiment": cfi_configs.get_config("smoke").to_dict()}
   older = copy.deepcopy(now)
   del older["experiment"]["loss"]["intensity"], older["experiment"]["optimizer"]["clip_grad_norm"]
+  del older["experiment"]["loss"]["gradient"]
   added = tasks.make_task(cfi_configs.get_config("smoke")).added_field_defaults
   assert trainer.config_differences(older, now, added_field_defaults=added) == []
   demo = {"model": "m", "process_count": 1, "experiment": cfi_configs.get_config("demo").to_dict()}

@@ -34,8 +34,8 @@ _ABLATION_MODEL_FIELDS = {"no_cfi": {"use_cfi": False}}
 def _loss_defaults() -> ml_collections.ConfigDict:
   """cfi_jax.losses.LossConfig's weights and readings (its view switches are config.ablation's)."""
   return ml_collections.ConfigDict(dict(
-      alpha=0.1, beta=0.05, lambda_grad=1.0, intensity="release", eta=0.3, entropy_sign="release", nec_mode="release",
-      nec_margin=0.1,
+      alpha=0.1, beta=0.05, lambda_grad=1.0, intensity="release", gradient="release", eta=0.3, entropy_sign="release",
+      nec_mode="release", nec_margin=0.1,
       holes=dict(square_size=(16, 16), disk_radius=(8, 8), num_holes=(1, 6), p_square=0.7)))
 
 

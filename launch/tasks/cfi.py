@@ -41,8 +41,9 @@ class CFITask(task_lib.Task):
   # pairs, so a run may switch between them.
   resumable_fields = frozenset({"view_batching", "remat", "data.cache_decoded"})
   # Checkpoints written before these fields existed trained as the release does: every view fed the running
-  # statistics, L_f's intensity term was L1(F, vis) + L1(F, ir), and Adam was not clipped.
-  added_field_defaults = {"running_stats": "all_views", "loss.intensity": "release", "optimizer.clip_grad_norm": 0.0}
+  # statistics, L_f's intensity and gradient terms were the release's, and Adam was not clipped.
+  added_field_defaults = {"running_stats": "all_views", "loss.intensity": "release", "loss.gradient": "release",
+                          "optimizer.clip_grad_norm": 0.0}
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
