@@ -28,14 +28,14 @@ class LossConfig:
     alpha: weight of L_inv.
     beta: weight of L_nec.
     lambda_grad: weight of the Laplacian-gradient term of L_f.
-    gradient: L_f's gradient term. 'release': L1(|Lap F|, max(|Lap vis|, |Lap ir|)) (the release and the paper),
-      which asks for the larger source's Laplacian magnitude with either sign, so its minimiser carries texture
-      correlated with neither source (benchmarks/cfi_lf_optimum.py); 'of_max': L1(Lap F, Lap max(vis, ir)), the
-      Laplacian of the 'max' intensity term's target, so both terms share their minimiser (needs intensity='max').
     intensity: L_f's intensity term. 'release': L1(F, vis) + L1(F, ir) (the release and the paper), which is flat for
       any F between the two sources, so it does not say which one a pixel should follow; 'max': L1(F, max(vis, ir))
       (the intensity loss of SeAFusion, Tang et al. 2022), which keeps the brighter source: warm targets at their IR
       brightness, lit detail at its visible one.
+    gradient: L_f's gradient term. 'release': L1(|Lap F|, max(|Lap vis|, |Lap ir|)) (the release and the paper),
+      which asks for the larger source's Laplacian magnitude with either sign, so its minimiser carries texture
+      correlated with neither source (benchmarks/cfi_lf_optimum.py); 'of_max': L1(Lap F, Lap max(vis, ir)), the
+      Laplacian of the 'max' intensity term's target, so both terms share their minimiser (needs intensity='max').
     eta: target mean gate opening of the area term.
     entropy_sign: 'release' subtracts the gate entropy (pushes gates toward 0.5, as the release does); 'paper' adds
       it (pushes gates toward binary decisions, as the paper's prose says).
