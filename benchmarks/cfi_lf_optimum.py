@@ -9,6 +9,7 @@ minimiser, then of the plain average and the maximum. A network trained on L_f c
 on metrics that reward copying a source (VIF, SSIM): a loss whose minimiser loses to the average there is the cause,
 not the network or its steps.
 """
+import itertools
 import pathlib
 import sys
 
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tqdm
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,7 +33,8 @@ from launch.configs import cfi as cfi_configs  # noqa: E402
 _CONFIG = flags.DEFINE_string('config', 'demo', 'Variants of launch/configs/cfi.py: the held-out pairs and the '
                               'intensity term.')
 _LAMBDAS = flags.DEFINE_list('lambdas', ['0.1', '1'], 'Weights of the gradient term.')
-_GRADIENTS = flags.DEFINE_list('gradients', list(losses.GRADIENT_TERMS), 'Gradient terms (LossConfig.gradient).')
+_GRADIENTS = flags.DEFINE_list('gradients', list(losses.GRADIENT_TERMS), 'Gradient terms (LossConfig.gradient); '
+                                '`of_max` needs a config whose intensity term is `max`.')
 _STEPS = flags.DEFINE_integer('steps', 3000, 'Adam steps on the pixels.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 1e-3, 'Adam rate on the pixels (in [0, 1] units).')
 _METRICS = ('Qabf', 'VIF', 'SSIM', 'SF', 'AG')
@@ -72,22 +75,23 @@ def main(argv):
   vis = jnp.asarray(np.stack([p['vis'] for p in pairs])[..., None])
   ir = jnp.asarray(np.stack([p['ir'] for p in pairs])[..., None])
   intensity = config.loss.intensity
-  print(f'{len(pairs)} held-out pairs of {_CONFIG.value}, intensity term {intensity!r}; tang2023 means')
-  print(f'{"fusion":<34}' + ''.join(f'{k:>8}' for k in _METRICS))
-  rows = {}
   for gradient in _GRADIENTS.value:
-    for lambda_grad in map(float, _LAMBDAS.value):
-      try:
-        losses.LossConfig(intensity=intensity, gradient=gradient)
-      except ValueError as e:
-        print(f'skipped gradient={gradient}: {e}')
-        break
-      fused = minimise_lf(vis, ir, lambda_grad=lambda_grad, intensity=intensity, gradient=gradient,
-                          steps=_STEPS.value, learning_rate=_LEARNING_RATE.value)
-      rows[f'L_f minimiser, {gradient}, lambda {lambda_grad:g}'] = _to_u8(fused[..., 0])
+    try:
+      losses.LossConfig(intensity=intensity, gradient=gradient)
+    except ValueError as e:
+      raise SystemExit(f'--gradients={gradient} with --config={_CONFIG.value} (intensity term {intensity!r}): {e}; '
+                       'or pass --gradients=release') from None
+  runs = list(itertools.product(_GRADIENTS.value, map(float, _LAMBDAS.value)))
+  rows = {}
+  for gradient, lambda_grad in tqdm.tqdm(runs, desc='minimising L_f', unit='run'):
+    fused = minimise_lf(vis, ir, lambda_grad=lambda_grad, intensity=intensity, gradient=gradient,
+                        steps=_STEPS.value, learning_rate=_LEARNING_RATE.value)
+    rows[f'L_f minimiser, {gradient}, lambda {lambda_grad:g}'] = _to_u8(fused[..., 0])
   ir_u8, vis_u8 = _to_u8(ir[..., 0]), _to_u8(vis[..., 0])
   baselines = [fusion_eval.baseline_images(a, b) for a, b in zip(ir_u8, vis_u8)]
   rows.update({name: np.stack([b[name] for b in baselines]) for name in ('average', 'maximum')})
+  print(f'{len(pairs)} held-out pairs of {_CONFIG.value}, intensity term {intensity!r}; tang2023 means')
+  print(f'{"fusion":<34}' + ''.join(f'{k:>8}' for k in _METRICS))
   for name, fused_u8 in rows.items():
     scores = mean_metrics(fused_u8, ir_u8, vis_u8)
     print(f'{name:<34}' + ''.join(f'{scores[k]:8.3f}' for k in _METRICS))
