@@ -315,7 +315,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
 
   Metrics: 'loss' (generator total), 'd_loss', every weighted part's unweighted value, 'd_real', 'd_fake', and
   'keypoint_spread' (the source keypoints' standard deviation over the batch, in [-1, 1] units, averaged over
-  keypoints and axes) and 'adversarial_scale' (losses.adversarial_scale at this step).
+  keypoints and axes), 'adversarial_scale' (losses.adversarial_scale at this step) and the global norms of the
+  generator's and the discriminator's gradients ('g_grad_norm', 'd_grad_norm': a runaway of the generator's
+  weights, an adversarial collapse, shows in them a few steps before the L1 rises).
   """
   g_params, d_params = state.params['generator'], state.params['discriminator']
   g_loss_fn = lambda g: _generator_loss(g, d_params, batch, state.step, generator=generator,  # noqa: E731
@@ -335,7 +337,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
       params={'generator': optax.apply_updates(g_params, g_updates),
               'discriminator': optax.apply_updates(d_params, d_updates)},
       opt_state={**state.opt_state, 'generator': g_opt, 'discriminator': d_opt})
-  return new_state, {'loss': g_loss, 'd_loss': d_loss, **parts, **d_parts}
+  return new_state, {'loss': g_loss, 'd_loss': d_loss, **parts, **d_parts,
+                     'g_grad_norm': optax.global_norm(g_grads), 'd_grad_norm': optax.global_norm(d_grads)}
 
 
 def transfer(g_params, source: jax.Array, target: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:

@@ -70,6 +70,19 @@ def test_step_on_eight_devices_equals_one_device():
     assert update > 0 and mismatch < 1e-2 * update
 
 
+def test_the_step_reports_each_networks_gradient_norm():
+  # With SGD at rate 1 a step moves each network by minus its gradients.
+  state = dfc_steps.create_train_state(jax.random.PRNGKey(0), _GENERATOR, _DISCRIMINATOR, optax.sgd(1.0),
+                                       optax.sgd(1.0), (1, 16, 16, 3))
+  new_state, step_metrics = jax.jit(functools.partial(
+      dfc_steps.train_step, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+      config=losses.LossConfig(vgg_layers=1), vgg_params=losses.vgg16_params(1)))(state, _batch(2))
+  for net, name in (('generator', 'g_grad_norm'), ('discriminator', 'd_grad_norm')):
+    moved = optax.global_norm(jax.tree.map(jnp.subtract, new_state.params[net], state.params[net]))
+    assert moved > 0
+    np.testing.assert_allclose(step_metrics[name], moved, rtol=1e-4, err_msg=name)
+
+
 def test_consistency_gradients_reach_the_generator_through_the_reencoding():
   image = jnp.zeros((1, 16, 16, 3))
   g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
