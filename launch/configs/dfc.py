@@ -226,9 +226,9 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.loss.perceptual_scales = 2
     config.loss.l1 = 1.0
     # L1 over the union of the truth's and the target's silhouettes (the fg-L1 metric) besides the whole-image L1,
-    # ~93% of which is background the warped target already gives. Over four seeds on one machine: +0.3 dB PSNR and
-    # lower fg-L1 on both test splits, and every seed trained through where the demo without it collapsed on one of
-    # four (README).
+    # ~93% of which is background the warped target already gives. Against the demo without it on one machine (four
+    # seeds each): +0.3 dB PSNR and lower fg-L1 on both test splits; it does not prevent adversarial collapses (one
+    # of its seven runs so far collapsed; README).
     config.loss.foreground = 30.0
     config.data.image_size = 64
     # A faster rate than the design's 2e-4: the demo has only 1200 steps (at 1e-3 the supervised joints were 4.4 px
