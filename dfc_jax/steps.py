@@ -338,7 +338,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
               'discriminator': optax.apply_updates(d_params, d_updates)},
       opt_state={**state.opt_state, 'generator': g_opt, 'discriminator': d_opt})
   return new_state, {'loss': g_loss, 'd_loss': d_loss, **parts, **d_parts,
-                     'g_grad_norm': optax.global_norm(g_grads), 'd_grad_norm': optax.global_norm(d_grads)}
+                     'g_grad_norm': optax.tree.norm(g_grads), 'd_grad_norm': optax.tree.norm(d_grads)}
 
 
 def transfer(g_params, source: jax.Array, target: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:

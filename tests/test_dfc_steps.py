@@ -78,7 +78,7 @@ def test_the_step_reports_each_networks_gradient_norm():
       dfc_steps.train_step, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
       config=losses.LossConfig(vgg_layers=1), vgg_params=losses.vgg16_params(1)))(state, _batch(2))
   for net, name in (('generator', 'g_grad_norm'), ('discriminator', 'd_grad_norm')):
-    moved = optax.global_norm(jax.tree.map(jnp.subtract, new_state.params[net], state.params[net]))
+    moved = optax.tree.norm(jax.tree.map(jnp.subtract, new_state.params[net], state.params[net]))
     assert moved > 0
     np.testing.assert_allclose(step_metrics[name], moved, rtol=1e-4, err_msg=name)
 
