@@ -88,7 +88,8 @@ class Evaluator:
     """Scores ({row: {metric: mean}}) of the model and of every trivial row on the same pairs; and the outputs.
 
     The model's row adds 'keypoint_spread' (its source keypoints' standard deviation over the pairs, [-1, 1]
-    units; true joints spread ~0.11) and, with `encoder_map` (encoder_calibration), 'encoder_keypoint_error': its
+    units; true joints spread ~0.11), with `joints_of` 'truth_keypoint_error': the judge's own error on the truths,
+    what a perfect output would read, and, with `encoder_map` (encoder_calibration), 'encoder_keypoint_error': its
     own pose encoder's error on the sources in pixels (what the encoder sees, not what the generator draws), and
     'drawn_keypoint_error': the error of the keypoints the output is drawn in (retargeted onto the target's body
     when the model retargets) against the truth's joints, the pose the generator is asked to draw.
@@ -97,6 +98,9 @@ class Evaluator:
     rows = {'model': self.score(output, eval_set, joints_of)}
     source_keypoints = self.keypoints(g_params, eval_set['source'])
     rows['model']['keypoint_spread'] = float(np.mean(np.std(source_keypoints, axis=0)))
+    if joints_of is not None and 'truth_joints' in eval_set:
+      rows['model']['truth_keypoint_error'] = float(np.mean(metrics.keypoint_error(
+          joints_of(eval_set['truth']), eval_set['truth_joints'])))
     if encoder_map is not None and 'source_joints' in eval_set:
       rows['model']['encoder_keypoint_error'] = float(np.mean(metrics.keypoint_error(
           metrics.regress_joints(encoder_map, source_keypoints), eval_set['source_joints'])))

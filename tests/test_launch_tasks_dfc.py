@@ -322,4 +322,9 @@ def test_fixed_joint_regressor_is_cached_and_judges_every_row_on_the_same_pairs(
   # A "model" that copies the target scores exactly the copy_target row: the rows are scored on the same pairs.
   monkeypatch.setattr(evaluator, 'transfer', lambda params, source, target: target)
   copying = evaluator.evaluate(params[0], eval_set, joints_of)[0]
-  assert {k: v for k, v in copying['model'].items() if k != 'keypoint_spread'} == copying['copy_target']
+  assert {k: v for k, v in copying['model'].items()
+          if k not in ('keypoint_spread', 'truth_keypoint_error')} == copying['copy_target']
+  # ... and a "model" that draws the truth reads the judge's own error on the truths.
+  monkeypatch.setattr(evaluator, 'transfer', lambda params, source, target: eval_set['truth'])
+  oracle = evaluator.evaluate(params[0], eval_set, joints_of)[0]['model']
+  assert oracle['keypoint_error'] == oracle['truth_keypoint_error']
