@@ -111,7 +111,8 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   rows = results['test_unseen_characters']
   assert list(rows) == ['model', 'copy_target', 'background', 'blurred_target']
   image_metrics = {'ssim', 'psnr', 'lpips', 'iou', 'fg_l1', 'keypoint_error'}
-  assert set(rows['model']) == image_metrics | {'keypoint_spread', 'encoder_keypoint_error', 'drawn_keypoint_error'}
+  assert set(rows['model']) == image_metrics | {'keypoint_spread', 'encoder_keypoint_error', 'drawn_keypoint_error',
+                                                'truth_keypoint_error'}
   assert all(set(rows[row]) == image_metrics for row in dfc_evaluate.TRIVIAL_ROWS)
   assert all(np.isfinite(v) for values in rows.values() for v in values.values())
   assert rows['background']['iou'] == 0.0  # the character erased
