@@ -36,6 +36,7 @@ class Evaluator:
 
   def __init__(self, generator: model_lib.DFCNet, batch_size: int = 16):
     self.batch_size = batch_size
+    self._num_keypoints = generator.num_keypoints
     self._transfer = jax.jit(functools.partial(steps.transfer, generator=generator))
     self._keypoints = jax.jit(functools.partial(steps.keypoints, generator=generator))
     self._drawn_keypoints = jax.jit(functools.partial(steps.drawn_keypoints, generator=generator))
@@ -56,9 +57,16 @@ class Evaluator:
   def keypoints(self, g_params, images: np.ndarray) -> np.ndarray:
     return self._batched(functools.partial(self._keypoints, g_params), images)
 
-  def encoder_calibration(self, g_params, calibration: dict[str, np.ndarray]) -> np.ndarray:
-    """Linear map from this model's keypoints to true joints, fitted on calibration renders (train split)."""
-    return metrics.fit_joint_regressor(self.keypoints(g_params, calibration['images']), calibration['joints'])
+  def encoder_calibration(self, g_params, calibration: dict[str, np.ndarray], named_joints: bool = False
+                          ) -> np.ndarray:
+    """Map from this model's keypoints to true joints: with named_joints (a pose encoder supervised with the joints,
+    losses.LossConfig.joint_supervision) its first J keypoints read as they are (metrics.named_joint_readout), else a
+    linear map fitted on the calibration renders (train split), as for learned landmarks."""
+    joints = calibration['joints']
+    if named_joints:
+      return metrics.named_joint_readout(self._num_keypoints, joints.shape[1],
+                                         calibration['images'].shape[1:3])
+    return metrics.fit_joint_regressor(self.keypoints(g_params, calibration['images']), joints)
 
   def score(self, output: np.ndarray, eval_set: dict[str, np.ndarray],
             joints_of: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:

@@ -87,6 +87,20 @@ def fit_joint_regressor(keypoints: np.ndarray, joints: np.ndarray, ridge: float 
   return np.linalg.solve(gram, x.T @ y)
 
 
+def named_joint_readout(num_keypoints: int, num_joints: int, image_size: tuple[int, int]) -> np.ndarray:
+  """fit_joint_regressor-shaped weights that read the first num_joints keypoints ([-1, 1] units) as the joints in
+  pixels of an (h, w) image, unfitted: the read-out of keypoints supervised as named joints, which a fitted map would
+  only perturb (fitted on train renders, it extrapolates to unseen poses worse than the keypoints themselves)."""
+  if num_joints > num_keypoints:
+    raise ValueError(f'{num_keypoints} keypoints cannot be read as {num_joints} named joints')
+  h, w = image_size
+  weights = np.zeros((2 * num_keypoints + 1, 2 * num_joints))
+  for j in range(num_joints):
+    weights[2 * j, 2 * j], weights[2 * j + 1, 2 * j + 1] = w / 2, h / 2
+  weights[-1] = np.tile([w / 2, h / 2], num_joints)
+  return weights
+
+
 def regress_joints(weights: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
   """Joints [N,J,2] predicted from keypoints [N,K,2] by fit_joint_regressor's weights."""
   x = np.concatenate([keypoints.reshape(len(keypoints), -1), np.ones((len(keypoints), 1))], axis=1)

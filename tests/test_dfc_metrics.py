@@ -64,3 +64,15 @@ def test_joint_regressor_recovers_a_linear_map_and_keypoint_error():
   predicted = np.zeros((1, 2, 2))
   true = np.array([[[3.0, 4.0], [0.0, 1.0]]])
   np.testing.assert_allclose(metrics.keypoint_error(predicted, true), [3.0])  # (5 + 1) / 2
+
+
+def test_named_joint_readout_reads_the_first_keypoints_as_pixel_joints():
+  # Keypoints in [-1, 1] units whose first two are joints of a 40-high, 60-wide image; the third is a free landmark.
+  joints = np.array([[[0.0, 0.0], [60.0, 40.0]], [[15.0, 30.0], [45.0, 10.0]]])
+  named = joints / np.array([60.0, 40.0]) * 2.0 - 1.0
+  keypoints = np.concatenate([named, np.full((2, 1, 2), 0.3)], axis=1)
+  readout = metrics.named_joint_readout(num_keypoints=3, num_joints=2, image_size=(40, 60))
+  np.testing.assert_allclose(metrics.regress_joints(readout, keypoints), joints, atol=1e-12)
+  # Moving the free landmark moves no joint.
+  keypoints[:, 2] = -0.7
+  np.testing.assert_allclose(metrics.regress_joints(readout, keypoints), joints, atol=1e-12)

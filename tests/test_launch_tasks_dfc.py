@@ -16,6 +16,7 @@ import pytest
 from dfc_jax import evaluate as dfc_evaluate
 from dfc_jax import joint_regressor
 from dfc_jax import losses
+from dfc_jax import metrics
 from dfc_jax import model as model_lib
 from input_pipeline import errors
 from input_pipeline import images
@@ -119,6 +120,7 @@ def test_transfer_and_evaluate_binaries(smoke_run, tmp_path, repo_root):
   assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text()) == results
   assert (tmp_path / 'eval' / 'test_unseen_characters.png').exists()
   assert dfc_task.training_crop(ckpt) == 'center'
+  assert not dfc_task.trained_on_joints(ckpt)  # smoke learns its keypoints: the encoder is read by a fitted map
   with pytest.raises(ValueError, match='trained on puppets'):
     dfc_files.evaluate_checkpoint(ckpt, tmp_path / 'eval', splits=[], num_samples=2, calibration_samples=8,
                                   grid_rows=2, test_frames_dir=str(frames))
@@ -329,3 +331,26 @@ def test_fixed_joint_regressor_is_cached_and_judges_every_row_on_the_same_pairs(
   monkeypatch.setattr(evaluator, 'transfer', lambda params, source, target: eval_set['truth'])
   oracle = evaluator.evaluate(params[0], eval_set, joints_of)[0]['model']
   assert oracle['keypoint_error'] == oracle['truth_keypoint_error']
+
+
+def test_a_pose_encoder_supervised_with_the_joints_is_read_without_a_fitted_map():
+  config = dfc_config.get_config('smoke')
+  eval_set = pose_data.make_eval_set(config.data, 'test_unseen_characters', 4, sample_seed=1)
+  calibration = pose_data.make_calibration_set(config.data, 8)
+  num_joints = eval_set['source_joints'].shape[1]
+  generator = model_lib.DFCNet(num_keypoints=num_joints + 1, pose_widths=(4, 4), widths=(4, 4))
+  image = jnp.zeros((1, 32, 32, 3))
+  params = jax.jit(generator.init)(jax.random.key(0, impl='rbg'), image, image)['params']
+  evaluator = dfc_evaluate.Evaluator(generator, batch_size=4)
+  named = evaluator.encoder_calibration(params, calibration, named_joints=True)
+  # An encoder whose first keypoints are the sources' true joints (the last one a free landmark) reads 0 px.
+  size = eval_set['source'].shape[1]
+  exact = np.concatenate([eval_set['source_joints'] / size * 2.0 - 1.0, np.zeros((4, 1, 2))], axis=1)
+  np.testing.assert_allclose(metrics.regress_joints(named, exact), eval_set['source_joints'], atol=1e-4)
+  rows = evaluator.evaluate(params, eval_set, encoder_map=named)[0]['model']
+  direct = np.linalg.norm((evaluator.keypoints(params, eval_set['source'])[:, :num_joints] + 1.0) / 2.0 * size
+                          - eval_set['source_joints'], axis=-1).mean()
+  assert abs(rows['encoder_keypoint_error'] - direct) < 1e-4
+  # An untrained encoder's keypoints are no joints: the fitted map is another read-out.
+  fitted = evaluator.encoder_calibration(params, calibration)
+  assert not np.allclose(fitted, named)

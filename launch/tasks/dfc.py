@@ -63,6 +63,14 @@ def training_data_config(checkpoint: str | os.PathLike, step: int | None = None)
   return ml_collections.ConfigDict(experiment['data'])
 
 
+def trained_on_joints(checkpoint: str | os.PathLike, step: int | None = None) -> bool:
+  """Whether a DFC-Net training checkpoint's pose encoder was supervised with the renderer's joints (its first
+  keypoints are named joints, losses.LossConfig.joint_supervision)."""
+  config = checkpoints.restore_config(checkpoint, step)
+  loss = (config.get('experiment') or {}).get('loss') or {}
+  return config.get('model') == 'dfc' and float(loss.get('joint_supervision', 0.0)) > 0
+
+
 def training_crop(checkpoint: str | os.PathLike, step: int | None = None) -> str:
   """How the checkpoint's training images were cropped ('center', 'none' or 'top,left,height,width'): its data.crop
   for video frames, 'center' otherwise (puppet renders are square)."""
@@ -241,7 +249,8 @@ class DFCTask(task_lib.Task):
         self._joints_of = fixed_joint_regressor(self.config.data, cfg.regressor_steps, cfg.regressor_renders)
     g_params = state.params['generator']
     encoder_map = (None if self._calibration is None
-                   else self._evaluator.encoder_calibration(g_params, self._calibration))
+                   else self._evaluator.encoder_calibration(g_params, self._calibration,
+                                                            named_joints=self.loss_config.joint_supervision > 0))
     results, grid = {}, None
     for split, eval_set in self._eval_sets.items():
       rows, output = self._evaluator.evaluate(g_params, eval_set, self._joints_of, encoder_map)
