@@ -194,8 +194,10 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # stage back to 16x16 heatmaps (4-px cells for 2-3.5-px limbs; the design's 1/8 gives 8x8). Against three widths
     # and no hourglass, the trained demo's encoder is 1.36 / 2.31 px off the unseen characters' / animations' joints
     # instead of 2.14 / 3.09 (README); after the pretraining, 32x32 heatmaps (pose_upsample=2), 512 train
-    # characters or limb mixing were each worse. Twice the widths of (16, 32, 64, 64): better PSNR and fg-L1 on
-    # both test splits with each of three seeds (README), for a pretraining 3x slower.
+    # characters or limb mixing were each worse for the narrower encoder of then. Twice the widths of (16, 32, 64,
+    # 64): better PSNR and fg-L1 on both test splits with each of three seeds (README), for a pretraining 3x
+    # slower. With these widths, limb mixing (data.limb_mixing=0.3) brings the unseen animations' joints closer
+    # and costs unseen characters (README: two seeds; not the default).
     config.model.pose_widths = (32, 64, 128, 128)
     config.model.pose_upsample = 1
     config.model.widths = (8, 16, 32, 64)
