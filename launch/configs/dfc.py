@@ -7,8 +7,8 @@ frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. 
          steps of the whole model (59 minutes on one CPU core, the other busy, without its evaluations; see
          README's DFC-Net table). The pose encoder's 15 keypoints are supervised with the renderer's joints
          (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone;
-         loss.pose_pretrain_steps), so bones
-         between them move the target's features as rigid parts (model.bones); the source's keypoints are
+         loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones);
+         the source's keypoints are
          retargeted onto the target's body (model.retarget), and an occlusion map hides where the target's body
          stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the generator
          warped by the keypoints' motion, no self-reconstruction, pose consistency does not train the pose encoder,
@@ -197,7 +197,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # characters or limb mixing were each worse for the narrower encoder of then. Twice the widths of (16, 32, 64,
     # 64): better PSNR and fg-L1 on both test splits with each of three seeds (README), for a pretraining 3x
     # slower. With these widths, limb mixing (data.limb_mixing=0.3) brings the unseen animations' joints closer
-    # and costs unseen characters (README: two seeds; not the default).
+    # and costs unseen characters (README: three seeds; not the default).
     config.model.pose_widths = (32, 64, 128, 128)
     config.model.pose_upsample = 1
     config.model.widths = (8, 16, 32, 64)
