@@ -8,9 +8,8 @@ frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. 
          README's DFC-Net table). The pose encoder's 15 keypoints are supervised with the renderer's joints
          (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone;
          loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones);
-         the source's keypoints are
-         retargeted onto the target's body (model.retarget), and an occlusion map hides where the target's body
-         stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the generator
+         the source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion map hides
+         where the target's body stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the generator
          warped by the keypoints' motion, no self-reconstruction, pose consistency does not train the pose encoder,
          static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a learned sharpening
          temperature, a pose-conditioned discriminator, a normalised two-scale perceptual loss and an L1 on the
