@@ -4,16 +4,16 @@ VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py
 frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, no support data: 2000 steps that pretrain the pose encoder alone, then 2000
-         steps of the whole model (59 minutes on one CPU core, the other busy, without its evaluations; see
-         README's DFC-Net table). The pose encoder's 15 keypoints are supervised with the renderer's joints
+         steps of the whole model (59 minutes on one CPU core, the other busy, without its evaluations; see README's
+         DFC-Net table). The pose encoder's 15 keypoints are supervised with the renderer's joints
          (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone;
-         loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones);
-         the source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion map hides
-         where the target's body stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the generator
-         warped by the keypoints' motion, no self-reconstruction, pose consistency does not train the pose encoder,
-         static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a learned sharpening
-         temperature, a pose-conditioned discriminator, a normalised two-scale perceptual loss and an L1 on the
-         characters' silhouettes (loss.foreground).
+         loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones); the
+         source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion map hides where the
+         target's body stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the
+         generator warped by the keypoints' motion, no self-reconstruction, pose consistency does not train the pose
+         encoder, static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a learned
+         sharpening temperature, a pose-conditioned discriminator, a normalised two-scale perceptual loss and an L1 on
+         the characters' silhouettes (loss.foreground).
   unsupervised: with demo, the paper's premise: 16 keypoints learned without joints, each moving by a translation,
          kept corresponding by the equivariance and separation priors (`:demo,unsupervised`), with the
          three-stage pose encoder (no hourglass).
