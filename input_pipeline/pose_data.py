@@ -72,19 +72,27 @@ class _TrainSample:
     return element
 
 
-def _puppet_samplers(data_config: ml_collections.ConfigDict, seed: int, render_cache_dir: str | None):
+def _puppet_samplers(data_config: ml_collections.ConfigDict, seed: int, batch_size: int,
+                     render_cache_dir: str | None):
   """The train split's sampler and the support split's (None without support data): rendering, or reading the
-  render caches under render_cache_dir."""
+  render caches under render_cache_dir. Sample i of the stream is in step i // batch_size's batch."""
   world, size = make_world(data_config), data_config.image_size
   limb_mixing = data_config.limb_mixing
   if limb_mixing and render_cache_dir is not None:
     raise errors.DataConfigError(f'config.data.limb_mixing={limb_mixing} draws poses that no cached render holds; '
                                  'set --config.data.render_cache=False or --config.data.limb_mixing=0')
 
+  mixing_steps = data_config.limb_mixing_steps
+  if mixing_steps < 0:
+    raise errors.DataConfigError(f'config.data.limb_mixing_steps={mixing_steps} must be >= 0 (0: limb mixing at '
+                                 'every step)')
+  mixing_samples = mixing_steps * batch_size if mixing_steps else None
+
   def sampler(split):
     if render_cache_dir is None:
       return puppets.PuppetSampler(world, split, size, sample_seed=seed,
-                                   limb_mixing=limb_mixing if split == 'train' else 0.0)
+                                   limb_mixing=limb_mixing if split == 'train' else 0.0,
+                                   limb_mixing_samples=mixing_samples)
     directory = puppet_cache.ensure(world, split, size, render_cache_dir)
     return puppet_cache.CachedPuppetSampler(world, split, size, directory, sample_seed=seed)
   return sampler('train'), sampler('support') if data_config.support else None
@@ -145,7 +153,8 @@ def make_train_dataset(data_config: ml_collections.ConfigDict, *, seed: int, bat
   samples = grain.MapDataset.range(_STREAM_LENGTH)[process_index::process_count]
   read_options = grain.ReadOptions(num_threads=max(1, data_config.workers), prefetch_buffer_size=4)
   if data_config.name == 'puppets':
-    sample = _TrainSample(*_puppet_samplers(data_config, seed, render_cache_dir), with_joints, with_silhouettes)
+    samplers = _puppet_samplers(data_config, seed, batch_size, render_cache_dir)
+    sample = _TrainSample(*samplers, with_joints, with_silhouettes)
     if render_cache_dir is not None:
       # A cache reads whole batches: one gather per image key instead of a copy per sample and a stack.
       return samples.batch(local_batch, drop_remainder=True).map(sample).to_iter_dataset(read_options)

@@ -520,13 +520,16 @@ class PuppetSampler:
   the split's frames, each of LIMB_GROUPS (the body's root, lean and yaw; each arm; each leg) taken from a frame of
   its own: poses that no animation holds (an arm of a wave over the legs of a squat), for a pose encoder that has to
   generalise to unseen motions. 0: every pose is an animation frame.
+  limb_mixing_samples: only samples of index below it are mixed (None: every sample); a training stream's first
+  steps x batch size samples are its first steps' batches.
   """
 
-  def __init__(self, world: PuppetWorld, split: str, size: int, sample_seed: int = 0, limb_mixing: float = 0.0):
+  def __init__(self, world: PuppetWorld, split: str, size: int, sample_seed: int = 0, limb_mixing: float = 0.0,
+               limb_mixing_samples: int | None = None):
     if not 0.0 <= limb_mixing <= 1.0:
       raise ValueError(f'limb_mixing must be a probability in [0, 1], got {limb_mixing}')
     self.world, self.split, self.size, self.sample_seed = world, split, size, sample_seed
-    self.limb_mixing = limb_mixing
+    self.limb_mixing, self.limb_mixing_samples = limb_mixing, limb_mixing_samples
     self.characters, self.animations = world.split_pools(split)
     if len(self.characters) < 2:
       raise ValueError(f'split {split!r} needs at least 2 characters, has {len(self.characters)}')
@@ -547,7 +550,7 @@ class PuppetSampler:
     frames = self.world.frames_per_animation
     source_pose = self.animations[source[0]].pose(source[1] / frames)
     target_pose = self.animations[target[0]].pose(target[1] / frames)
-    if self.limb_mixing:
+    if self.limb_mixing and (self.limb_mixing_samples is None or index < self.limb_mixing_samples):
       rng = np.random.default_rng([self.world.seed, _KIND_LIMB_MIX, self._code, self.sample_seed, index])
       source_pose, target_pose = (self._mixed(pose, rng) for pose in (source_pose, target_pose))
     return self.characters[a], self.characters[b], source_pose, target_pose

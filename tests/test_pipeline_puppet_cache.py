@@ -81,7 +81,7 @@ def test_training_batches_from_the_cache_match_the_rendered_ones(tmp_path):
       num_test_characters=2, num_support_characters=_WORLD.num_support_characters,
       num_train_animations=_WORLD.num_train_animations, num_test_animations=2,
       num_support_animations=_WORLD.num_support_animations, frames_per_animation=_WORLD.frames_per_animation,
-      support=True, workers=0, limb_mixing=0.0))
+      support=True, workers=0, limb_mixing=0.0, limb_mixing_steps=0))
   kwargs = dict(seed=2, batch_size=3, with_joints=True)
   rendered = next(iter(pose_data.make_train_dataset(config, **kwargs)))
   cached = next(iter(pose_data.make_train_dataset(config, render_cache_dir=str(tmp_path), **kwargs)))

@@ -20,7 +20,7 @@ _WORLD = puppets.PuppetWorld(seed=3, num_train_characters=6, num_test_characters
 def _data_config(**overrides) -> ml_collections.ConfigDict:
   fields = dict(name='puppets', image_size=32, world_seed=3, num_train_characters=6, num_test_characters=3,
                 num_support_characters=3, num_train_animations=8, num_test_animations=4, num_support_animations=4,
-                frames_per_animation=16, support=True, workers=0, limb_mixing=0.0)
+                frames_per_animation=16, support=True, workers=0, limb_mixing=0.0, limb_mixing_steps=0)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
 
@@ -86,6 +86,23 @@ def test_limb_mixing_recombines_limbs_of_the_splits_frames():
                 ).max() > 0.5
   with pytest.raises(ValueError, match='limb_mixing must be a probability'):
     puppets.PuppetSampler(_WORLD, 'train', 32, limb_mixing=1.5)
+
+
+@pytest.mark.parametrize('process_index', [0, 1])
+def test_limb_mixing_steps_mix_only_the_first_steps_batches(process_index):
+  config = _data_config(limb_mixing=1.0, limb_mixing_steps=2)
+  world = pose_data.make_world(config)
+  plain, mixed = (puppets.PuppetSampler(world, 'train', 32, sample_seed=4, limb_mixing=p) for p in (0.0, 1.0))
+  batches = iter(pose_data.make_train_dataset(config, seed=4, batch_size=4, process_index=process_index,
+                                              process_count=2, with_joints=True))
+  for step in range(4):
+    batch = next(batches)
+    # This process's two samples of the step: global indices 4 step + process_index + (0, 2).
+    for row, index in enumerate(range(4 * step + process_index, 4 * step + 4, 2)):
+      want = (mixed if step < 2 else plain).paired(index)['source_joints']
+      np.testing.assert_array_equal(batch['source_joints'][row], want)
+  with pytest.raises(errors.DataConfigError, match='limb_mixing_steps=-1 must be >= 0'):
+    pose_data.make_train_dataset(_data_config(limb_mixing=0.5, limb_mixing_steps=-1), seed=0, batch_size=2)
 
 
 @pytest.mark.parametrize('kind', puppets.TRAIN_ANIMATION_TYPES + puppets.UNSEEN_ANIMATION_TYPES)

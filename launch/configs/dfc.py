@@ -69,7 +69,9 @@ Not in the design, off in the paper variant, on in the demo:
     and the target's true silhouettes, where the character is drawn and the target's body painted over (the
     whole-image L1 is ~93% background); 30 in the demo (measured in README), off in the paper and frames variants;
   limb mixing, --config.data.limb_mixing=P (puppets, rendered on the fly): with probability P a training pose takes
-    each limb from another random train frame (poses no training animation holds).
+    each limb from another random train frame (poses no training animation holds); with
+    --config.data.limb_mixing_steps=N only the first N steps' batches are mixed (N = loss.pose_pretrain_steps: the
+    pose pretraining's).
   pose-pretraining augmentation, --config.loss.pose_augment_rotation=DEGREES, pose_augment_log_scale,
     pose_augment_shift ([-1, 1] units) and pose_augment_color=True: the pretraining's source, target and truth
     move by one random similarity per sample, their joints with them, and each image's RGB channels are reordered.
@@ -143,9 +145,11 @@ def _base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name='puppets', image_size=128, world_seed=0, num_train_characters=64, num_test_characters=16,
       num_support_characters=32, num_train_animations=48, num_test_animations=16, num_support_animations=24,
-      frames_per_animation=32, support=True, workers=2, render_cache=False, limb_mixing=0.0))
+      frames_per_animation=32, support=True, workers=2, render_cache=False, limb_mixing=0.0,
+      limb_mixing_steps=0))
   # limb_mixing: the probability that a training pose is recombined limb by limb from random train frames
-  # (input_pipeline.puppets.PuppetSampler), poses no animation holds; evaluation always draws animation frames.
+  # (input_pipeline.puppets.PuppetSampler), poses no animation holds, in the first limb_mixing_steps steps' batches
+  # (0: every step's); evaluation always draws animation frames.
   # render_cache: read training puppets from every render of the train and support splits, built once under
   # render_cache_dir (None: $XDG_CACHE_HOME/dfc_jax/puppet_renders) as 8-bit images (input_pipeline.puppet_cache).
   config.data.render_cache_dir = ml_collections.FieldReference(None, field_type=str)

@@ -162,7 +162,7 @@ class DFCTask(task_lib.Task):
                           'model.bones': None, 'model.pose_upsample': 0, 'model.skeleton': None,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
                           'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
-                          'data.limb_mixing': 0.0, 'loss.foreground': 0.0}
+                          'data.limb_mixing': 0.0, 'data.limb_mixing_steps': 0, 'loss.foreground': 0.0}
   # Where the render cache lives does not change what it holds; the collapse check changes no step.
   resumable_fields = frozenset({'data.render_cache_dir', 'collapse_l1_ratio'})
 
