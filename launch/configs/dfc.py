@@ -200,7 +200,8 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # characters or limb mixing were each worse for the narrower encoder of then. Twice the widths of (16, 32, 64,
     # 64): better PSNR and fg-L1 on both test splits with each of three seeds (README), for a pretraining 3x
     # slower. With these widths, limb mixing (data.limb_mixing=0.3) brings the unseen animations' joints closer
-    # and costs unseen characters (README: three seeds; not the default).
+    # and costs unseen characters; in the pretraining alone (limb_mixing_steps=2000) it is within the seeds' spread
+    # on both (README: three seeds each; not the default).
     config.model.pose_widths = (32, 64, 128, 128)
     config.model.pose_upsample = 1
     config.model.widths = (8, 16, 32, 64)
