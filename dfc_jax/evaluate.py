@@ -57,16 +57,10 @@ class Evaluator:
   def keypoints(self, g_params, images: np.ndarray) -> np.ndarray:
     return self._batched(functools.partial(self._keypoints, g_params), images)
 
-  def encoder_calibration(self, g_params, calibration: dict[str, np.ndarray], named_joints: bool = False
-                          ) -> np.ndarray:
-    """Map from this model's keypoints to true joints: with named_joints (a pose encoder supervised with the joints,
-    losses.LossConfig.joint_supervision) its first J keypoints read as they are (metrics.named_joint_readout), else a
-    linear map fitted on the calibration renders (train split), as for learned landmarks."""
-    joints = calibration['joints']
-    if named_joints:
-      return metrics.named_joint_readout(self._num_keypoints, joints.shape[1],
-                                         calibration['images'].shape[1:3])
-    return metrics.fit_joint_regressor(self.keypoints(g_params, calibration['images']), joints)
+  def encoder_calibration(self, g_params, calibration: dict[str, np.ndarray]) -> np.ndarray:
+    """Map from this model's keypoints to true joints, fitted on the calibration renders (train split), as for
+    learned landmarks. (An encoder supervised with the joints needs none: metrics.named_joint_readout.)"""
+    return metrics.fit_joint_regressor(self.keypoints(g_params, calibration['images']), calibration['joints'])
 
   def score(self, output: np.ndarray, eval_set: dict[str, np.ndarray],
             joints_of: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
@@ -97,10 +91,11 @@ class Evaluator:
 
     The model's row adds 'keypoint_spread' (its source keypoints' standard deviation over the pairs, [-1, 1]
     units; true joints spread ~0.11), with `joints_of` 'truth_keypoint_error': the judge's own error on the truths,
-    what a perfect output would read, and, with `encoder_map` (encoder_calibration), 'encoder_keypoint_error': its
-    own pose encoder's error on the sources in pixels (what the encoder sees, not what the generator draws), and
-    'drawn_keypoint_error': the error of the keypoints the output is drawn in (retargeted onto the target's body
-    when the model retargets) against the truth's joints, the pose the generator is asked to draw.
+    what a perfect output would read, and, with `encoder_map` (encoder_calibration, or metrics.named_joint_readout
+    for an encoder supervised with the joints), 'encoder_keypoint_error': its own pose encoder's error on the
+    sources in pixels (what the encoder sees, not what the generator draws), and 'drawn_keypoint_error': the error
+    of the keypoints the output is drawn in (retargeted onto the target's body when the model retargets) against
+    the truth's joints, the pose the generator is asked to draw.
     """
     output = self.transfer(g_params, eval_set['source'], eval_set['target'])
     rows = {'model': self.score(output, eval_set, joints_of)}

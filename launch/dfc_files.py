@@ -91,9 +91,10 @@ def evaluate_checkpoint(checkpoint, out, *, splits, num_samples: int, calibratio
   joints_of = encoder_map = None
   if data_config.name == 'puppets':
     joints_of = dfc_task.fixed_joint_regressor(data_config, regressor_steps, regressor_renders)
-    encoder_map = evaluator.encoder_calibration(g_params,
-                                                pose_data.make_calibration_set(data_config, calibration_samples),
-                                                named_joints=dfc_task.trained_on_joints(checkpoint, step))
+    encoder_map = (dfc_task.named_joints_readout(generator, data_config)
+                   if dfc_task.trained_on_joints(checkpoint, step) else
+                   evaluator.encoder_calibration(g_params,
+                                                 pose_data.make_calibration_set(data_config, calibration_samples)))
   results = {}
   for split in splits:
     eval_set = pose_data.make_eval_set(data_config, split, num_samples, sample_seed=sample_seed)

@@ -29,7 +29,8 @@ _TEST_FRAMES_DIR = flags.DEFINE_string(
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 256, 'Pairs per split.')
 _CALIBRATION_SAMPLES = flags.DEFINE_integer(
     'calibration_samples', 512,
-    "Train-split renders used to map the model's own keypoints to the true joints (encoder_keypoint_error).")
+    "Train-split renders used to map the model's own learned keypoints to the true joints (encoder_keypoint_error); "
+    'unused for a pose encoder supervised with the joints, whose keypoints are read as the joints.')
 _GRID_ROWS = flags.DEFINE_integer('grid_rows', 8, 'Rows of each PNG grid.')
 _SAMPLE_SEED = flags.DEFINE_integer('sample_seed', 1,
                                     'Seed of the drawn test pairs; training-time evaluation draws seed 0.')

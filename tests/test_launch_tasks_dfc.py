@@ -342,7 +342,7 @@ def test_a_pose_encoder_supervised_with_the_joints_is_read_without_a_fitted_map(
   image = jnp.zeros((1, 32, 32, 3))
   params = jax.jit(generator.init)(jax.random.key(0, impl='rbg'), image, image)['params']
   evaluator = dfc_evaluate.Evaluator(generator, batch_size=4)
-  named = evaluator.encoder_calibration(params, calibration, named_joints=True)
+  named = dfc_task.named_joints_readout(generator, config.data)
   # An encoder whose first keypoints are the sources' true joints (the last one a free landmark) reads 0 px.
   size = eval_set['source'].shape[1]
   exact = np.concatenate([eval_set['source_joints'] / size * 2.0 - 1.0, np.zeros((4, 1, 2))], axis=1)

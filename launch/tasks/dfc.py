@@ -19,6 +19,7 @@ import numpy as np
 from dfc_jax import evaluate as dfc_evaluate
 from dfc_jax import joint_regressor
 from dfc_jax import losses
+from dfc_jax import metrics
 from dfc_jax import model as model_lib
 from dfc_jax import steps as dfc_steps
 from input_pipeline import errors
@@ -69,6 +70,13 @@ def trained_on_joints(checkpoint: str | os.PathLike, step: int | None = None) ->
   config = checkpoints.restore_config(checkpoint, step)
   loss = (config.get('experiment') or {}).get('loss') or {}
   return config.get('model') == 'dfc' and float(loss.get('joint_supervision', 0.0)) > 0
+
+
+def named_joints_readout(generator: model_lib.DFCNet, data_config: ml_collections.ConfigDict) -> np.ndarray:
+  """The encoder read-out (dfc_evaluate.Evaluator.evaluate's encoder_map) of a pose encoder supervised with the
+  puppets' joints: its first keypoints are the joints (metrics.named_joint_readout); no calibration renders."""
+  size = data_config.image_size
+  return metrics.named_joint_readout(generator.num_keypoints, puppets.NUM_JOINTS, (size, size))
 
 
 def training_crop(checkpoint: str | os.PathLike, step: int | None = None) -> str:
@@ -183,6 +191,7 @@ class DFCTask(task_lib.Task):
     self._evaluator = None
     self._eval_sets = None
     self._calibration = None
+    self._named_readout = None
     self._joints_of = None
 
   def model_config(self) -> dict[str, Any]:
@@ -245,12 +254,14 @@ class DFCTask(task_lib.Task):
       self._eval_sets = {split: pose_data.make_eval_set(self.config.data, split, cfg.num_samples)
                          for split in pose_data.eval_splits(self.config.data, cfg.splits)}
       if self.config.data.name == 'puppets':  # only renders have true joints
-        self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
+        if self.loss_config.joint_supervision > 0:
+          self._named_readout = named_joints_readout(self.generator, self.config.data)
+        else:
+          self._calibration = pose_data.make_calibration_set(self.config.data, cfg.calibration_samples)
         self._joints_of = fixed_joint_regressor(self.config.data, cfg.regressor_steps, cfg.regressor_renders)
     g_params = state.params['generator']
-    encoder_map = (None if self._calibration is None
-                   else self._evaluator.encoder_calibration(g_params, self._calibration,
-                                                            named_joints=self.loss_config.joint_supervision > 0))
+    encoder_map = (self._named_readout if self._calibration is None
+                   else self._evaluator.encoder_calibration(g_params, self._calibration))
     results, grid = {}, None
     for split, eval_set in self._eval_sets.items():
       rows, output = self._evaluator.evaluate(g_params, eval_set, self._joints_of, encoder_map)
