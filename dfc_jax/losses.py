@@ -101,6 +101,12 @@ class LossConfig:
     return bool(self.pose_augment_rotation or self.pose_augment_log_scale or self.pose_augment_shift or
                 self.pose_augment_color)
 
+  @property
+  def adversarial_training(self) -> bool:
+    """Whether the generator has adversarial or feature-matching terms; without either, the discriminator would
+    not change the generator's training, so it is neither run nor trained (steps.train_step)."""
+    return bool(self.adversarial or self.feature_matching)
+
 
 def adversarial_scale(step: jax.Array, warmup_steps: int, ramp_steps: int) -> jax.Array:
   """Factor on the generator's adversarial and feature-matching weights at `step` (the step being taken, from 0):

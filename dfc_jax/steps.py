@@ -141,20 +141,22 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   drawn_keypoints = (apply(model_lib.DFCNet.retarget_keypoints, keypoints[:n], target_keypoints) if generator.retarget
                      else keypoints[:n])
 
-  # The discriminator sees the target and, when pose-conditioned, the drawn keypoints' maps (constants to G).
-  condition = (target, _pose_condition(drawn_keypoints, source.shape[1:3], generator, discriminator))
-  d_fake = discriminator.apply({'params': d_params}, output, *condition)
-  d_real = discriminator.apply({'params': d_params}, truth, *_paired_part(condition, num_paired))
-  parts = {
-      'l1': jnp.mean(losses.l1(output[:num_paired], truth)),
-      'adversarial': _weighted(losses.generator_adversarial(d_fake, config.gan_type), num_paired, config.support),
-      'feature_matching': jnp.mean(losses.feature_matching([[f[:num_paired] for f in o] for o in d_fake], d_real)),
-  }
-  # The adversarial warmup counts from the end of the pose pretraining.
-  gan_scale = losses.adversarial_scale(step - config.pose_pretrain_steps, config.adversarial_warmup_steps,
-                                       config.adversarial_ramp_steps)
-  weights = {'l1': config.l1, 'adversarial': gan_scale * config.adversarial,
-             'feature_matching': gan_scale * config.feature_matching}
+  parts = {'l1': jnp.mean(losses.l1(output[:num_paired], truth))}
+  weights = {'l1': config.l1}
+  condition = None
+  if config.adversarial_training:
+    # The discriminator sees the target and, when pose-conditioned, the drawn keypoints' maps (constants to G).
+    condition = (target, _pose_condition(drawn_keypoints, source.shape[1:3], generator, discriminator))
+    d_fake = discriminator.apply({'params': d_params}, output, *condition)
+    d_real = discriminator.apply({'params': d_params}, truth, *_paired_part(condition, num_paired))
+    parts['adversarial'] = _weighted(losses.generator_adversarial(d_fake, config.gan_type), num_paired,
+                                     config.support)
+    parts['feature_matching'] = jnp.mean(losses.feature_matching([[f[:num_paired] for f in o] for o in d_fake],
+                                                                 d_real))
+    # The adversarial warmup counts from the end of the pose pretraining.
+    gan_scale = losses.adversarial_scale(step - config.pose_pretrain_steps, config.adversarial_warmup_steps,
+                                         config.adversarial_ramp_steps)
+    weights.update(adversarial=gan_scale * config.adversarial, feature_matching=gan_scale * config.feature_matching)
   if config.foreground > 0:
     union = jnp.logical_or(batch['truth_silhouette'], batch['target_silhouette'])
     # Half the model range's L1: the [0, 1] units of the metric.
@@ -202,7 +204,8 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   total = sum(weights[k] * parts[k] for k in parts)
   # Spread of the source keypoints over the batch: about 0 when the pose encoder has collapsed to fixed points.
   parts['keypoint_spread'] = jnp.mean(jnp.std(keypoints[:n], axis=0))
-  parts['adversarial_scale'] = gan_scale
+  if config.adversarial_training:
+    parts['adversarial_scale'] = gan_scale
   return total, (parts, output, condition)
 
 
@@ -309,36 +312,39 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, generator: mod
                vgg_params: dict[str, Any] | None, key: jax.Array | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One generator update then one discriminator update on the generator's outputs before its update (the steps
-  after config.pose_pretrain_steps; pose_pretrain_step before them).
+  after config.pose_pretrain_steps; pose_pretrain_step before them). Without adversarial training
+  (config.adversarial_training) the discriminator is neither run nor trained.
 
   `key` is this step's randomness (the equivariance prior's transforms); steps without that prior draw none.
 
-  Metrics: 'loss' (generator total), 'd_loss', every weighted part's unweighted value, 'd_real', 'd_fake', and
-  'keypoint_spread' (the source keypoints' standard deviation over the batch, in [-1, 1] units, averaged over
-  keypoints and axes), 'adversarial_scale' (losses.adversarial_scale at this step) and the global norms of the
-  generator's and the discriminator's gradients ('g_grad_norm', 'd_grad_norm': a runaway of the generator's
-  weights, an adversarial collapse, shows in them a few steps before the L1 rises).
+  Metrics: 'loss' (generator total), every weighted part's unweighted value, 'keypoint_spread' (the source
+  keypoints' standard deviation over the batch, in [-1, 1] units, averaged over keypoints and axes) and the global
+  norm of the generator's gradients ('g_grad_norm'); with adversarial training also 'd_loss', 'd_real', 'd_fake',
+  'adversarial_scale' (losses.adversarial_scale at this step) and the discriminator's gradient norm
+  ('d_grad_norm'; a runaway of the generator's weights, an adversarial collapse, shows in both a few steps before
+  the L1 rises).
   """
   g_params, d_params = state.params['generator'], state.params['discriminator']
   g_loss_fn = lambda g: _generator_loss(g, d_params, batch, state.step, generator=generator,  # noqa: E731
                                         discriminator=discriminator, config=config, vgg_params=vgg_params,
                                         key=key)
   (g_loss, (parts, fake, fake_condition)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
-  truth = to_model_range(batch['truth'])
-  num_paired = truth.shape[0]
-  (d_loss, d_parts), d_grads = jax.value_and_grad(_discriminator_loss, has_aux=True)(
-      d_params, jax.lax.stop_gradient(fake), fake_condition, truth, _paired_part(fake_condition, num_paired),
-      num_paired,
-      discriminator=discriminator, config=config)
   g_updates, g_opt = state.g_tx.update(g_grads, state.opt_state['generator'], g_params)
-  d_updates, d_opt = state.d_tx.update(d_grads, state.opt_state['discriminator'], d_params)
-  new_state = state.replace(
-      step=state.step + 1,
-      params={'generator': optax.apply_updates(g_params, g_updates),
-              'discriminator': optax.apply_updates(d_params, d_updates)},
-      opt_state={**state.opt_state, 'generator': g_opt, 'discriminator': d_opt})
-  return new_state, {'loss': g_loss, 'd_loss': d_loss, **parts, **d_parts,
-                     'g_grad_norm': optax.tree.norm(g_grads), 'd_grad_norm': optax.tree.norm(d_grads)}
+  metrics = {'loss': g_loss, **parts, 'g_grad_norm': optax.tree.norm(g_grads)}
+  opt_state = {**state.opt_state, 'generator': g_opt}
+  if config.adversarial_training:
+    truth = to_model_range(batch['truth'])
+    num_paired = truth.shape[0]
+    (d_loss, d_parts), d_grads = jax.value_and_grad(_discriminator_loss, has_aux=True)(
+        d_params, jax.lax.stop_gradient(fake), fake_condition, truth, _paired_part(fake_condition, num_paired),
+        num_paired, discriminator=discriminator, config=config)
+    d_updates, opt_state['discriminator'] = state.d_tx.update(d_grads, state.opt_state['discriminator'], d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
+    metrics.update(d_loss=d_loss, **d_parts, d_grad_norm=optax.tree.norm(d_grads))
+  new_state = state.replace(step=state.step + 1,
+                            params={'generator': optax.apply_updates(g_params, g_updates), 'discriminator': d_params},
+                            opt_state=opt_state)
+  return new_state, metrics
 
 
 def transfer(g_params, source: jax.Array, target: jax.Array, *, generator: model_lib.DFCNet) -> jax.Array:

@@ -326,6 +326,24 @@ def test_adversarial_warmup_silences_the_discriminator_then_ramps_linearly():
   np.testing.assert_allclose(flat(d_params, 6), 0.5 * (without + full), rtol=1e-4, atol=1e-6)
 
 
+def test_without_adversarial_terms_the_discriminator_is_neither_run_nor_trained():
+  state = dfc_steps.create_train_state(jax.random.PRNGKey(0), _GENERATOR, _DISCRIMINATOR, optax.sgd(0.1),
+                                       optax.sgd(0.1), (1, 16, 16, 3))
+  step = lambda config: jax.jit(functools.partial(  # noqa: E731
+      dfc_steps.train_step, generator=_GENERATOR, discriminator=_DISCRIMINATOR, config=config, vgg_params=None))(
+          state, _batch(2))
+  plain, plain_metrics = step(losses.LossConfig(perceptual=0.0, adversarial=0.0, feature_matching=0.0))
+  # The same generator update as the terms silenced by the warm-up, whose discriminator does train.
+  warming, warming_metrics = step(losses.LossConfig(perceptual=0.0, adversarial_warmup_steps=10))
+  for a, b in zip(jax.tree.leaves(plain.params['generator']), jax.tree.leaves(warming.params['generator'])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+  unchanged = lambda s: all(np.array_equal(a, b) for a, b in zip(  # noqa: E731
+      jax.tree.leaves(s.params['discriminator']), jax.tree.leaves(state.params['discriminator'])))
+  assert unchanged(plain) and not unchanged(warming)
+  assert {'d_loss', 'adversarial', 'd_grad_norm'} <= set(warming_metrics)
+  assert not {'d_loss', 'adversarial', 'feature_matching', 'd_grad_norm'} & set(plain_metrics)
+
+
 
 def test_drawn_keypoints_are_the_retargeted_source_keypoints():
   batch = _batch(3)
