@@ -36,7 +36,6 @@ class Evaluator:
 
   def __init__(self, generator: model_lib.DFCNet, batch_size: int = 16):
     self.batch_size = batch_size
-    self._num_keypoints = generator.num_keypoints
     self._transfer = jax.jit(functools.partial(steps.transfer, generator=generator))
     self._keypoints = jax.jit(functools.partial(steps.keypoints, generator=generator))
     self._drawn_keypoints = jax.jit(functools.partial(steps.drawn_keypoints, generator=generator))
