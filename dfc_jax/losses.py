@@ -27,6 +27,10 @@ class LossConfig:
   # body must be painted over. The whole-image L1 is ~93% background at 64 px, which the warped target already
   # gives, so it says little about the body; a pose-mask loss as in Ma et al.'s PG2, with the renderer's masks.
   foreground: float = 0.0
+  # Pixels within this many (Chebyshev) of the truth's silhouette join the foreground L1's mask (0: the union
+  # alone). A faint halo drawn just outside both silhouettes is counted by the silhouette IoU, yet only the
+  # whole-image L1 sees it; the band makes the body's edge as costly as its inside. The metric keeps the union.
+  foreground_band: int = 0
   perceptual: float = 10.0
   vgg_layers: int = 5            # how many of VGG16's relu1_2 .. relu5_3 the perceptual loss uses
   # Normalised perceptual loss: every layer's features are unit vectors over channels (as LPIPS does) and each layer
@@ -180,6 +184,15 @@ def foreground_l1(a: jax.Array, b: jax.Array, mask: jax.Array) -> jax.Array:
   area = jnp.sum(mask, axis=(1, 2))
   difference = jnp.mean(jnp.abs(a - b), axis=-1)
   return jnp.sum(difference * mask, axis=(1, 2)) / jnp.maximum(area, 1.0)
+
+
+def dilate(mask: jax.Array, radius: int) -> jax.Array:
+  """Boolean masks [N,H,W] grown by radius pixels in every direction (a square window)."""
+  if radius <= 0:
+    return mask
+  window = (1, 2 * radius + 1, 2 * radius + 1)
+  grown = jax.lax.reduce_window(mask.astype(jnp.float32), 0.0, jax.lax.max, window, (1, 1, 1), 'SAME')
+  return grown > 0
 
 
 def perceptual(params: dict[str, Any], a: jax.Array, b: jax.Array, num_layers: int, normalize: bool = False,

@@ -91,7 +91,7 @@ def _loss_defaults() -> ml_collections.ConfigDict:
   """dfc_jax.losses.LossConfig's defaults; use_support follows config.data.support (one switch for the data and its
   losses)."""
   return ml_collections.ConfigDict(dict(
-      l1=10.0, foreground=0.0, perceptual=10.0, vgg_layers=5, perceptual_normalize=False, perceptual_scales=1,
+      l1=10.0, foreground=0.0, foreground_band=0, perceptual=10.0, vgg_layers=5, perceptual_normalize=False, perceptual_scales=1,
       adversarial=1.0, feature_matching=10.0, adversarial_warmup_steps=0, adversarial_ramp_steps=0,
       pose_consistency=1.0, static_consistency=1.0, self_reconstruction=10.0, support=1.0, equivariance=0.0,
       equivariance_rotation=15.0, equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0,
