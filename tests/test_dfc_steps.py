@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import ndimage
 
 from dfc_jax import losses
 from dfc_jax import metrics
@@ -168,9 +169,33 @@ def test_foreground_loss_is_the_metric_over_the_silhouettes_union_and_ignores_th
   inside['truth'] = np.where(union[..., None], 1.0 - batch['truth'], batch['truth'])
   assert float(loss_fn(g_params, outside)[0]) == pytest.approx(float(total), rel=1e-6)
   assert abs(float(loss_fn(g_params, inside)[0]) - float(total)) > 1e-3
+
   # An empty union adds nothing (no division by zero).
   empty = dict(batch, truth_silhouette=np.zeros_like(union), target_silhouette=np.zeros_like(union))
   assert float(loss_fn(g_params, empty)[0]) == 0.0
+
+
+def test_foreground_band_adds_the_pixels_near_the_truths_silhouette_to_the_mask():
+  truth_silhouette = np.zeros((1, 12, 12), bool)
+  truth_silhouette[0, 5, 4:7] = True
+  grown = np.asarray(losses.dilate(jnp.asarray(truth_silhouette), 2))
+  np.testing.assert_array_equal(grown, ndimage.binary_dilation(truth_silhouette, np.ones((1, 5, 5), bool)))
+  image = jnp.zeros((1, 16, 16, 3))
+  g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
+  batch = _batch(2)
+  rng = np.random.default_rng(4)
+  batch['truth_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.05
+  batch['target_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.05
+  off = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
+             use_consistency=False, use_support=False)
+  _, (parts, output, _) = dfc_steps._generator_loss(
+      g_params, None, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+      config=losses.LossConfig(foreground=1.0, foreground_band=1, **off), vgg_params=None)
+  band = ndimage.binary_dilation(batch['truth_silhouette'], np.ones((1, 3, 3), bool))
+  mask = band | batch['target_silhouette']
+  assert mask.sum() > (batch['truth_silhouette'] | batch['target_silhouette']).sum()
+  expected = metrics.foreground_l1(np.asarray(dfc_steps.to_unit_range(output)), batch['truth'], mask).mean()
+  np.testing.assert_allclose(parts['foreground'], expected, rtol=1e-5)
 
 
 def _blob_batch(n: int, size: int = 32) -> dict[str, np.ndarray]:

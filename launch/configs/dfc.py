@@ -70,6 +70,8 @@ Not in the design, off in the paper variant, on in the demo:
   a foreground L1, --config.loss.foreground=WEIGHT (puppets rendered on the fly): L1 over the union of the truth's
     and the target's true silhouettes, where the character is drawn and the target's body painted over (the
     whole-image L1 is ~93% background); 30 in the demo (measured in README), off in the paper and frames variants;
+    with --config.loss.foreground_band=PX the pixels within PX of the truth's silhouette join its mask (the halo
+    drawn just outside the body, which the silhouette IoU counts);
   limb mixing, --config.data.limb_mixing=P (puppets, rendered on the fly): with probability P a training pose takes
     each limb from another random train frame (poses no training animation holds); with
     --config.data.limb_mixing_steps=N only the first N steps' batches are mixed (N = loss.pose_pretrain_steps: the
@@ -91,8 +93,8 @@ def _loss_defaults() -> ml_collections.ConfigDict:
   """dfc_jax.losses.LossConfig's defaults; use_support follows config.data.support (one switch for the data and its
   losses)."""
   return ml_collections.ConfigDict(dict(
-      l1=10.0, foreground=0.0, foreground_band=0, perceptual=10.0, vgg_layers=5, perceptual_normalize=False, perceptual_scales=1,
-      adversarial=1.0, feature_matching=10.0, adversarial_warmup_steps=0, adversarial_ramp_steps=0,
+      l1=10.0, foreground=0.0, foreground_band=0, perceptual=10.0, vgg_layers=5, perceptual_normalize=False,
+      perceptual_scales=1, adversarial=1.0, feature_matching=10.0, adversarial_warmup_steps=0, adversarial_ramp_steps=0,
       pose_consistency=1.0, static_consistency=1.0, self_reconstruction=10.0, support=1.0, equivariance=0.0,
       equivariance_rotation=15.0, equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0,
       separation_sigma=0.1, joint_supervision=0.0, pose_pretrain_steps=0, pose_augment_rotation=0.0,
