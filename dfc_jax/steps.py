@@ -158,10 +158,11 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
                                          config.adversarial_ramp_steps)
     weights.update(adversarial=gan_scale * config.adversarial, feature_matching=gan_scale * config.feature_matching)
   if config.foreground > 0:
-    union = jnp.logical_or(losses.dilate(batch['truth_silhouette'], config.foreground_band),
-                           batch['target_silhouette'])
+    # The silhouettes' union (the metric's mask), the truth's grown by the band.
+    mask = jnp.logical_or(losses.dilate(batch['truth_silhouette'], config.foreground_band),
+                          batch['target_silhouette'])
     # Half the model range's L1: the [0, 1] units of the metric.
-    parts['foreground'] = jnp.mean(losses.foreground_l1(output[:num_paired], truth, union)) / 2
+    parts['foreground'] = jnp.mean(losses.foreground_l1(output[:num_paired], truth, mask)) / 2
     weights['foreground'] = config.foreground
   if config.self_reconstruction > 0:
     parts['self_reconstruction'] = _weighted(losses.l1(decoded[n:], target), num_paired, config.support)

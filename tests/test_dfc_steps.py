@@ -145,19 +145,28 @@ def test_joint_supervision_trains_the_pose_encoder_towards_the_true_joints():
   assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(grads['pose_encoder'])) > 0
 
 
+def _silhouette_batch(seed: int, fraction: float) -> dict[str, np.ndarray]:
+  """_batch(2) with random truth and target silhouettes covering about `fraction` of the pixels."""
+  batch = _batch(2)
+  rng = np.random.default_rng(seed)
+  batch['truth_silhouette'] = rng.uniform(size=(2, 16, 16)) < fraction
+  batch['target_silhouette'] = rng.uniform(size=(2, 16, 16)) < fraction
+  return batch
+
+
+def _foreground_loss(g_params, batch, **foreground):
+  """_generator_loss with every term off but the foreground L1 (LossConfig fields `foreground`)."""
+  off = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
+             use_consistency=False, use_support=False)
+  return dfc_steps._generator_loss(g_params, None, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
+                                   config=losses.LossConfig(**foreground, **off), vgg_params=None)
+
+
 def test_foreground_loss_is_the_metric_over_the_silhouettes_union_and_ignores_the_background():
   image = jnp.zeros((1, 16, 16, 3))
   g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
-  d_params = jax.jit(_DISCRIMINATOR.init)(_KEY, image, image)['params']
-  batch = _batch(2)
-  rng = np.random.default_rng(3)
-  batch['truth_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.2
-  batch['target_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.2
-  off = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
-             use_consistency=False, use_support=False)
-  loss_fn = lambda g, b: dfc_steps._generator_loss(  # noqa: E731
-      g, d_params, b, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
-      config=losses.LossConfig(foreground=3.0, **off), vgg_params=None)
+  batch = _silhouette_batch(3, 0.2)
+  loss_fn = functools.partial(_foreground_loss, foreground=3.0)
   total, (parts, output, _) = loss_fn(g_params, batch)
   union = batch['truth_silhouette'] | batch['target_silhouette']
   expected = metrics.foreground_l1(np.asarray(dfc_steps.to_unit_range(output)), batch['truth'], union).mean()
@@ -169,7 +178,6 @@ def test_foreground_loss_is_the_metric_over_the_silhouettes_union_and_ignores_th
   inside['truth'] = np.where(union[..., None], 1.0 - batch['truth'], batch['truth'])
   assert float(loss_fn(g_params, outside)[0]) == pytest.approx(float(total), rel=1e-6)
   assert abs(float(loss_fn(g_params, inside)[0]) - float(total)) > 1e-3
-
   # An empty union adds nothing (no division by zero).
   empty = dict(batch, truth_silhouette=np.zeros_like(union), target_silhouette=np.zeros_like(union))
   assert float(loss_fn(g_params, empty)[0]) == 0.0
@@ -182,15 +190,8 @@ def test_foreground_band_adds_the_pixels_near_the_truths_silhouette_to_the_mask(
   np.testing.assert_array_equal(grown, ndimage.binary_dilation(truth_silhouette, np.ones((1, 5, 5), bool)))
   image = jnp.zeros((1, 16, 16, 3))
   g_params = jax.jit(_GENERATOR.init)(_KEY, image, image)['params']
-  batch = _batch(2)
-  rng = np.random.default_rng(4)
-  batch['truth_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.05
-  batch['target_silhouette'] = rng.uniform(size=(2, 16, 16)) < 0.05
-  off = dict(l1=0.0, perceptual=0.0, adversarial=0.0, feature_matching=0.0, self_reconstruction=0.0,
-             use_consistency=False, use_support=False)
-  _, (parts, output, _) = dfc_steps._generator_loss(
-      g_params, None, batch, 0, generator=_GENERATOR, discriminator=_DISCRIMINATOR,
-      config=losses.LossConfig(foreground=1.0, foreground_band=1, **off), vgg_params=None)
+  batch = _silhouette_batch(4, 0.05)
+  _, (parts, output, _) = _foreground_loss(g_params, batch, foreground=1.0, foreground_band=1)
   band = ndimage.binary_dilation(batch['truth_silhouette'], np.ones((1, 3, 3), bool))
   mask = band | batch['target_silhouette']
   assert mask.sum() > (batch['truth_silhouette'] | batch['target_silhouette']).sum()
