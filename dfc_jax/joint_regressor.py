@@ -7,6 +7,7 @@ the same one. Pure functions: the caller renders the training images and caches 
 at full float32 ('highest') on every platform, so that the judge does not depend on the hardware.
 """
 import functools
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -49,9 +50,11 @@ def to_pixels(coordinates: jax.Array, size: int) -> jax.Array:
   return (coordinates + 1.0) * (size / 2)
 
 
-def fit(images: np.ndarray, joints: np.ndarray, config: RegressorConfig = RegressorConfig()) -> dict[str, Any]:
+def fit(images: np.ndarray, joints: np.ndarray, config: RegressorConfig = RegressorConfig(),
+        progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> dict[str, Any]:
   """Regressor parameters trained on images [N,S,S,3] in [0, 1] and their true joints [N,J,2] in pixels
-  (L1 in pixels, Adam), deterministic from config.seed."""
+  (L1 in pixels, Adam), deterministic from config.seed. progress wraps the step indices (a caller's progress bar:
+  a fit takes minutes on a CPU core)."""
   size = images.shape[1]
   net = JointRegressor(joints.shape[1], config.widths)
   tx = optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.num_steps))
@@ -75,7 +78,7 @@ def fit(images: np.ndarray, joints: np.ndarray, config: RegressorConfig = Regres
     return optax.apply_updates(params, updates), opt_state, loss
 
   opt_state = tx.init(params)
-  for i in range(config.num_steps):
+  for i in progress(range(config.num_steps)):
     params, opt_state, _ = step(params, opt_state, jax.random.fold_in(batch_key, i))
   return jax.device_get(params)
 

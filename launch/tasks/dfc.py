@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import tqdm
 
 from dfc_jax import evaluate as dfc_evaluate
 from dfc_jax import joint_regressor
@@ -118,7 +119,9 @@ def fixed_joint_regressor(data_config: ml_collections.ConfigDict, num_steps: int
     params = flax.serialization.msgpack_restore(path.read_bytes())
   else:
     renders = pose_data.make_calibration_set(data_config, num_renders, sample_seed=2, with_truths=True)
-    params = joint_regressor.fit(renders['images'], renders['joints'], regressor_config)
+    bar = functools.partial(tqdm.tqdm, desc='joint regressor (first use; cached after)', unit='step',
+                            dynamic_ncols=True)
+    params = joint_regressor.fit(renders['images'], renders['joints'], regressor_config, progress=bar)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f'.tmp{os.getpid()}')
     temporary.write_bytes(flax.serialization.msgpack_serialize(params))
