@@ -32,8 +32,8 @@ frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. 
          Any variant trains on frames with --config.data.name=frames and the same fields.
 
 Ablations of the paper's three claims are overrides of any variant; at the demo and at an earlier demo setting
-(support data, adversarial terms), seeds 0 and 1 (support data at the demo: seed 0 only), no claim holds beyond the
-seeds' spread, and without the amplifier the demo's LPIPS is 0.003-0.007 lower (README):
+(support data, adversarial terms), seeds 0 and 1, no claim holds beyond the seeds' spread, and without the amplifier
+the demo's LPIPS is 0.003-0.007 lower (README):
   without consistency losses: --config.loss.use_consistency=False
   without the keypoint amplifier: --config.model.amplifier=off
   without support data: --config.data.support=False (the demo has none; --config.data.support=True adds it)
