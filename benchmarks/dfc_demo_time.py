@@ -8,25 +8,36 @@ minutes instead. For each training phase (the pose pretraining, then the whole m
 `launch.train` runs, on a real batch, and prints its median time, XLA's FLOPs per step and the achieved rate as a
 fraction of a matmul peak measured on the same device; then the phases' steps times those times. Pin it to one core
 as training is pinned (the other core as busy as it will be), never with fake devices; the prediction leaves out
-data loading (overlapped with the steps), evaluations and checkpoints.
+data loading (overlapped with the steps), evaluations and checkpoints. XLA:CPU runs as in launch.train
+(launch/xla_cpu.py; LAUNCH_XLA_CPU_DEFAULTS=0 measures without that setting).
 
---profile adds, per phase, where the step's time goes (hlo_profile: a profiler trace's per-HLO-op times): by flax
-module (pose_encoder, generator, ...; VGG and the other losses by their function) and direction (forward, or
+--profile adds, per phase, where the step's time goes (hlo_profile: a profiler trace's per-HLO-op times): by the
+first flax module or method under DFCNet (DFCNet.encode_pose, DFCNet.decode, VGG16Features, ...; '(top level)' for the
+losses' arithmetic and the convolutions' weight gradients, which XLA leaves unnamed) and direction (forward, or
 backward for ops under a transpose), and by op kind.
 """
 import collections
 import json
+import os
 import pathlib
 import re
 import sys
 
 from absl import app
 from absl import flags
-import jax
-from ml_collections import config_flags
+from jaxlib import version
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from launch import xla_cpu  # pylint: disable=g-import-not-at-top
+
+# XLA:CPU as launch.train sets it (before jax starts XLA).
+os.environ['XLA_FLAGS'] = xla_cpu.xla_flags_with_defaults(os.environ, version.__version__) or os.environ.get(
+    'XLA_FLAGS', '')
+
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from hlo_profile import parse_hlo  # pylint: disable=g-import-not-at-top
 from hlo_profile import traced_op_seconds
