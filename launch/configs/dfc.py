@@ -4,8 +4,9 @@ VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py
 frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, no support data: 2000 steps that pretrain the pose encoder alone, then 2000
-         steps of the whole model (49-54 minutes on one CPU core, the other busy, without its evaluations; see README's
-         DFC-Net table). The pose encoder's 15 keypoints are supervised with the renderer's joints
+         steps of the whole model (49-54 minutes on one CPU core, the other busy, without its evaluations, on the
+         machine of README's DFC-Net table; 93 on a slower one before launch/xla_cpu.py; benchmarks/dfc_demo_time.py
+         predicts it for a machine). The pose encoder's 15 keypoints are supervised with the renderer's joints
          (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone;
          loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones); the
          source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion map hides where the
