@@ -18,31 +18,27 @@ backward for ops under a transpose), and by op kind.
 """
 import collections
 import json
-import os
 import pathlib
 import re
 import sys
 
 from absl import app
 from absl import flags
-from jaxlib import version
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from launch import xla_cpu  # pylint: disable=g-import-not-at-top
 
-# XLA:CPU as launch.train sets it (before jax starts XLA).
-os.environ['XLA_FLAGS'] = xla_cpu.xla_flags_with_defaults(os.environ, version.__version__) or os.environ.get(
-    'XLA_FLAGS', '')
+xla_cpu.set_xla_flags()  # XLA:CPU as launch.train sets it, before jax starts XLA.
 
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from hlo_profile import parse_hlo  # pylint: disable=g-import-not-at-top
-from hlo_profile import traced_op_seconds
-import timing
-from launch.tasks import dfc as dfc_task
+from hlo_profile import parse_hlo  # noqa: E402
+from hlo_profile import traced_op_seconds  # noqa: E402
+import timing  # noqa: E402
+from launch.tasks import dfc as dfc_task  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(pathlib.Path(__file__).resolve().parents[1] / "launch/configs/dfc.py") + ":demo",

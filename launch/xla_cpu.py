@@ -33,13 +33,16 @@ def xla_flags_with_defaults(environ: Mapping[str, str], jaxlib_version: str) -> 
   return f'{flags} {SETTING}' if flags else SETTING
 
 
-def apply_to_binary() -> None:
-  """Sets XLA_FLAGS when the process runs one of BINARIES and has not imported jax yet; otherwise, or where
-  xla_flags_with_defaults says so, returns."""
-  if huge_pages.launched_module(getattr(sys, 'orig_argv', [])) not in BINARIES or 'jax' in sys.modules:
-    return
+def set_xla_flags() -> None:
+  """Adds SETTING to this process's XLA_FLAGS where xla_flags_with_defaults says so; call before jax starts XLA (as
+  launch.train does, and the benchmarks that time what it runs)."""
   from jaxlib import version  # pylint: disable=g-import-not-at-top  (light: no XLA yet)
   flags = xla_flags_with_defaults(os.environ, version.__version__)
   if flags is not None:
     os.environ['XLA_FLAGS'] = flags
 
+
+def apply_to_binary() -> None:
+  """set_xla_flags when the process runs one of BINARIES and has not imported jax yet; otherwise returns."""
+  if huge_pages.launched_module(getattr(sys, 'orig_argv', [])) in BINARIES and 'jax' not in sys.modules:
+    set_xla_flags()

@@ -15,13 +15,13 @@ def test_adds_the_setting_after_the_users_flags():
   assert xla_cpu.xla_flags_with_defaults({}, '0.10.0') == xla_cpu.SETTING
 
 
-@pytest.mark.parametrize('environ, version', [
+@pytest.mark.parametrize('environ, jaxlib_version', [
     ({'XLA_FLAGS': f'{xla_cpu.FLAG}=+individual_dot'}, '0.10.2'),  # The user chose.
     ({xla_cpu.OPT_OUT: '0'}, '0.10.2'),  # Opted out.
     ({}, '0.11.2'),  # A jaxlib where the flag was not checked: an unknown flag would abort XLA.
 ])
-def test_changes_nothing(environ, version):
-  assert xla_cpu.xla_flags_with_defaults(environ, version) is None
+def test_changes_nothing(environ, jaxlib_version):
+  assert xla_cpu.xla_flags_with_defaults(environ, jaxlib_version) is None
 
 
 def test_the_training_binary_starts_with_the_setting_and_others_without():
