@@ -67,6 +67,11 @@ class LossConfig:
   # With joint supervision, the first pose_pretrain_steps steps train only the pose encoder (and the retargeter) on
   # the joints: no generator or discriminator is run, so such a step costs little more than rendering its batch.
   pose_pretrain_steps: int = 0
+  # After the pose pretraining (pose_pretrain_steps > 0), whether the whole model's steps go on training the pose
+  # encoder (and its sharpening). False keeps it as pretrained: those steps run it forward only, on the sources and
+  # targets (not the truths, whose keypoints only supervise it), so they skip its backward pass, its largest cost
+  # on a CPU; the retargeter still learns the truths' joints.
+  train_pose_encoder: bool = True
   # Augmentation of the pose pretraining's batches (0 / False: off; steps.augment_pose_batch): each sample's source,
   # target and truth move by one random similarity (rotations up to pose_augment_rotation degrees, scales up to
   # exp(+-pose_augment_log_scale), shifts up to pose_augment_shift [-1, 1] units per axis), their joints with them;
@@ -94,6 +99,8 @@ class LossConfig:
     if self.pose_pretrain_steps < 0 or (self.pose_pretrain_steps and self.joint_supervision <= 0):
       raise ValueError(f'pose_pretrain_steps ({self.pose_pretrain_steps}) must be >= 0, and > 0 only with '
                        f'joint_supervision > 0 (got {self.joint_supervision}): it pretrains on the joints')
+    if not self.train_pose_encoder and not self.pose_pretrain_steps:
+      raise ValueError('train_pose_encoder=False keeps the pretrained pose encoder: it needs pose_pretrain_steps > 0')
     for name in ('equivariance', 'pose_augment'):
       ranges = {f'{name}_{part}': getattr(self, f'{name}_{part}') for part in ('rotation', 'log_scale', 'shift')}
       if any(value < 0 for value in ranges.values()):

@@ -126,9 +126,13 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
                                              max_log_scale=config.equivariance_log_scale,
                                              max_shift=config.equivariance_shift)
     pose_inputs.append(transforms.warp_images(source, transform))
-  if config.joint_supervision > 0:
+  # The truths' keypoints serve only to supervise a pose encoder that trains.
+  supervise_truth = config.joint_supervision > 0 and config.train_pose_encoder
+  if supervise_truth:
     pose_inputs.append(truth)
-  keypoints = apply(model_lib.DFCNet.encode_pose, jnp.concatenate(pose_inputs)).keypoints
+  pose_encoder_params = g_params if config.train_pose_encoder else _frozen_pose(g_params)
+  keypoints = generator.apply({'params': pose_encoder_params}, jnp.concatenate(pose_inputs),
+                              method=model_lib.DFCNet.encode_pose).keypoints
   static = apply(model_lib.DFCNet.encode_static, target)
   # Transfers take the sources' keypoints, self-reconstructions the targets' own; with warp, both move the target.
   # Without self-reconstruction (weight 0) only the transfers are decoded.
@@ -182,15 +186,15 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
     weights['equivariance'] = config.equivariance
   if config.joint_supervision > 0:
     parts['joint_supervision'] = _joint_supervision(keypoints[:num_paired], keypoints[n:n + num_paired],
-                                                    keypoints[-num_paired:], drawn_keypoints[:num_paired], batch,
-                                                    generator)
+                                                    keypoints[-num_paired:] if supervise_truth else None,
+                                                    drawn_keypoints[:num_paired], batch, generator)
     weights['joint_supervision'] = config.joint_supervision
   if config.use_consistency:
     # The output is re-encoded with gradients flowing into it (so into G). The pose term gives E_p none: constant
     # keypoints would make it exactly zero, so training E_p on it pushes the keypoints to collapse. So it re-encodes
     # an output decoded from keypoints without gradient, with E_p's parameters frozen, against the constant
     # keypoints it was drawn in. The static term trains E_s on both sides (its Gram matrices carry no position).
-    frozen_pose = {k: jax.lax.stop_gradient(v) if k in _POSE_PARAMS else v for k, v in g_params.items()}
+    frozen_pose = _frozen_pose(g_params)
     fixed_keypoints = jax.lax.stop_gradient(keypoints[:2 * n])
     pose_output = apply(model_lib.DFCNet.decode, fixed_keypoints[:n], static, fixed_keypoints[n:], target)
     keypoints_output = generator.apply({'params': frozen_pose}, pose_output,
@@ -211,13 +215,20 @@ def _generator_loss(g_params, d_params, batch, step, *, generator, discriminator
   return total, (parts, output, condition)
 
 
+def _frozen_pose(g_params: dict[str, Any]) -> dict[str, Any]:
+  """g_params with the pose encoder's parameters held constant (no gradient reaches them)."""
+  return {k: jax.lax.stop_gradient(v) if k in _POSE_PARAMS else v for k, v in g_params.items()}
+
+
 def _joint_supervision(source_keypoints, target_keypoints, truth_keypoints, drawn_keypoints, batch,
                        generator: model_lib.DFCNet) -> jax.Array:
-  """Sum over the source, target and truth images (and, with retarget, the drawn keypoints against the truth's
-  joints) of the mean L1 between their first J keypoints and their J true joints, in [-1, 1] units."""
+  """Sum over the source, target and truth images (the truth's left out when truth_keypoints is None; and, with
+  retarget, the drawn keypoints against the truth's joints) of the mean L1 between their first J keypoints and
+  their J true joints, in [-1, 1] units."""
   size = batch['source'].shape[1]
-  pairs = [(source_keypoints, 'source_joints'), (target_keypoints, 'target_joints'),
-           (truth_keypoints, 'truth_joints')]
+  pairs = [(source_keypoints, 'source_joints'), (target_keypoints, 'target_joints')]
+  if truth_keypoints is not None:
+    pairs.append((truth_keypoints, 'truth_joints'))
   if generator.retarget:
     pairs.append((drawn_keypoints, 'truth_joints'))
   num_joints = batch['source_joints'].shape[1]

@@ -283,6 +283,29 @@ def test_pose_pretraining_trains_only_the_pose_encoder_and_retargeter_then_the_w
   assert float(full_metrics['l1']) > 0 and float(full_metrics['adversarial_scale']) == 0.0
 
 
+def test_whole_steps_keep_the_pretrained_pose_encoder_when_it_is_not_trained():
+  generator = model_lib.DFCNet(num_keypoints=2, pose_widths=(4, 4), widths=(4, 4), warp=True, bones=((0, 1),),
+                               retarget=True, amplifier='sharpen', learn_sharpen=True)
+  config = losses.LossConfig(perceptual=0.0, joint_supervision=1.0, pose_pretrain_steps=1, train_pose_encoder=False)
+  state = dfc_steps.create_train_state(_KEY, generator, _DISCRIMINATOR, optax.adam(1e-2), optax.adam(1e-2),
+                                       (1, 16, 16, 3), pose_tx=dfc_steps.make_pose_pretrain_optimizer(1e-2, 1))
+  step = jax.jit(functools.partial(dfc_steps.train_step, generator=generator, discriminator=_DISCRIMINATOR,
+                                   config=config, vgg_params=None))
+  batch = _batch(2)
+  after, metrics = step(state, batch)
+  before, after = state.params['generator'], after.params['generator']
+  for name in before:
+    changed = any(bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name])))
+    assert changed == (name not in ('pose_encoder', 'log_sharpen')), name
+  # The truths' keypoints are not supervised (their images do not enter the loss through the pose encoder); the
+  # sources' and targets' terms and the drawn keypoints' (the retargeter's) are.
+  trained = jax.jit(functools.partial(dfc_steps.train_step, generator=generator, discriminator=_DISCRIMINATOR,
+                                      config=dataclasses.replace(config, train_pose_encoder=True), vgg_params=None))
+  assert float(metrics['joint_supervision']) < float(trained(state, batch)[1]['joint_supervision'])
+  with pytest.raises(ValueError, match='train_pose_encoder=False keeps the pretrained pose encoder'):
+    losses.LossConfig(joint_supervision=1.0, train_pose_encoder=False)
+
+
 def test_pose_pretraining_needs_joint_supervision_and_its_optimizer():
   with pytest.raises(ValueError, match='joint_supervision'):
     losses.LossConfig(pose_pretrain_steps=10)

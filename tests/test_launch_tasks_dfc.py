@@ -240,6 +240,9 @@ def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders(
   smoke.loss.pose_pretrain_steps = smoke.num_steps
   with pytest.raises(errors.ConfigError, match=r'config.loss.pose_pretrain_steps \(4\) must be below config.num_steps'):
     dfc_task.make_task(smoke)
+  smoke.loss.update(pose_pretrain_steps=0, train_pose_encoder=False)
+  with pytest.raises(errors.ConfigError, match=r'config.loss: train_pose_encoder=False .* needs pose_pretrain_steps'):
+    dfc_task.make_task(smoke)
 
 
 def test_a_render_cache_feeds_uint8_images_that_the_step_takes_as_the_floats_they_stand_for(tmp_path):

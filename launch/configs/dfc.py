@@ -44,6 +44,8 @@ Not in the design, off in the paper variant, on in the demo:
     the target and the truth must be their true joints, and the retargeted ones the truth's; with
     --config.loss.pose_pretrain_steps=N the first N steps train the pose encoder and the retargeter on the joints
     alone (no generator or discriminator runs), and the schedules and the adversarial warm-up count after them;
+    with --config.loss.train_pose_encoder=False the whole model's steps keep the pretrained pose encoder fixed
+    (run forward on sources and targets only: a third fewer FLOPs per step in the demo);
   bone motion, --config.model.bones=((i, j), ...): keypoint pairs that move as similarities (first order);
   retargeting, --config.model.retarget=True: an MLP of both images' keypoints moves the source's onto the
     target's body (its limb lengths, size and ground line); with --config.model.skeleton='((parent, child), ...)'
@@ -98,7 +100,8 @@ def _loss_defaults() -> ml_collections.ConfigDict:
       perceptual_scales=1, adversarial=1.0, feature_matching=10.0, adversarial_warmup_steps=0, adversarial_ramp_steps=0,
       pose_consistency=1.0, static_consistency=1.0, self_reconstruction=10.0, support=1.0, equivariance=0.0,
       equivariance_rotation=15.0, equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0,
-      separation_sigma=0.1, joint_supervision=0.0, pose_pretrain_steps=0, pose_augment_rotation=0.0,
+      separation_sigma=0.1, joint_supervision=0.0, pose_pretrain_steps=0, train_pose_encoder=True,
+      pose_augment_rotation=0.0,
       pose_augment_log_scale=0.0, pose_augment_shift=0.0, pose_augment_color=False, gan_type='hinge',
       use_consistency=True))
 

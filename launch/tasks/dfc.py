@@ -32,8 +32,12 @@ from launch import task as task_lib
 
 
 def loss_config_from(config: ml_collections.ConfigDict) -> losses.LossConfig:
-  """LossConfig of config.loss; support losses are on exactly when config.data.support is."""
-  return losses.LossConfig(**config.loss.to_dict(), use_support=bool(config.data.support))
+  """LossConfig of config.loss; support losses are on exactly when config.data.support is. A combination it
+  rejects is a ConfigError (one line for the user)."""
+  try:
+    return losses.LossConfig(**config.loss.to_dict(), use_support=bool(config.data.support))
+  except ValueError as e:
+    raise errors.ConfigError(f'config.loss: {e}') from None
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -163,7 +167,8 @@ class DFCTask(task_lib.Task):
   # Checkpoints written before the equivariance prior, video-frame training, the keypoint warp, the learned
   # sharpening, the pose-conditioned discriminator, the normalised perceptual loss, the separation prior, bone
   # motion, the occlusion map, retargeting (and its skeleton), joint supervision, the pose encoder's hourglass, limb
-  # mixing, the pose pretraining's augmentation and the foreground L1 used none.
+  # mixing, the pose pretraining's augmentation and the foreground L1 used none; all trained the pose encoder
+  # throughout.
   added_field_defaults = {**{f'loss.{f.name}': f.default for f in dataclasses.fields(losses.LossConfig)
                              if f.name.startswith(('equivariance', 'pose_augment'))},
                           **{f'data.{k}': v for k, v in pose_data.FRAMES_DEFAULTS.items()},
@@ -173,7 +178,8 @@ class DFCTask(task_lib.Task):
                           'model.bones': None, 'model.pose_upsample': 0, 'model.skeleton': None,
                           'model.occlusion': False, 'model.retarget': False, 'loss.joint_supervision': 0.0,
                           'loss.pose_pretrain_steps': 0, 'data.render_cache': False, 'data.render_cache_dir': None,
-                          'data.limb_mixing': 0.0, 'data.limb_mixing_steps': 0, 'loss.foreground': 0.0}
+                          'data.limb_mixing': 0.0, 'data.limb_mixing_steps': 0, 'loss.foreground': 0.0,
+                          'loss.train_pose_encoder': True}
   # Where the render cache lives does not change what it holds; the collapse check changes no step.
   resumable_fields = frozenset({'data.render_cache_dir', 'collapse_l1_ratio'})
 
