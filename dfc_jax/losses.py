@@ -70,7 +70,7 @@ class LossConfig:
   # After the pose pretraining (pose_pretrain_steps > 0), whether the whole model's steps go on training the pose
   # encoder (and its sharpening). False keeps it as pretrained: those steps run it forward only, on the sources and
   # targets (not the truths, whose keypoints only supervise it), so they skip its backward pass, its largest cost
-  # on a CPU; the retargeter still learns the truths' joints.
+  # on a CPU; the retargeter still learns the truths' joints. In the demo every metric was worse (README).
   train_pose_encoder: bool = True
   # Augmentation of the pose pretraining's batches (0 / False: off; steps.augment_pose_batch): each sample's source,
   # target and truth move by one random similarity (rotations up to pose_augment_rotation degrees, scales up to

@@ -4,9 +4,9 @@ VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py
 frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, no support data: 2000 steps that pretrain the pose encoder alone, then 2000
-         steps of the whole model (49-54 minutes on one CPU core, the other busy, without its evaluations, on the
-         machine of README's DFC-Net table; 93 on a slower one before launch/xla_cpu.py; benchmarks/dfc_demo_time.py
-         predicts it for a machine). The pose encoder's 15 keypoints are supervised with the renderer's joints
+         steps of the whole model (about 77 minutes on one core of README's machine for its DFC-Net table, a 2-core
+         AMD EPYC, the other core busy, without its evaluations; the 8-channel demo before session 32 took 49-54 on
+         a faster one; benchmarks/dfc_demo_time.py predicts it for a machine). The pose encoder's 15 keypoints are supervised with the renderer's joints
          (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone;
          loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones); the
          source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion map hides where the
@@ -45,7 +45,8 @@ Not in the design, off in the paper variant, on in the demo:
     --config.loss.pose_pretrain_steps=N the first N steps train the pose encoder and the retargeter on the joints
     alone (no generator or discriminator runs), and the schedules and the adversarial warm-up count after them;
     with --config.loss.train_pose_encoder=False the whole model's steps keep the pretrained pose encoder fixed
-    (run forward on sources and targets only: a third fewer FLOPs per step in the demo);
+    (run forward on sources and targets only: a third fewer FLOPs per step in the demo, but every metric worse on
+    two seeds, the encoder 1.3 instead of 1.1 px off the joints; README);
   bone motion, --config.model.bones=((i, j), ...): keypoint pairs that move as similarities (first order);
   retargeting, --config.model.retarget=True: an MLP of both images' keypoints moves the source's onto the
     target's body (its limb lengths, size and ground line); with --config.model.skeleton='((parent, child), ...)'
