@@ -4,16 +4,16 @@ VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py
 frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, no support data: 2000 steps that pretrain the pose encoder alone, then 2000
-         steps of the whole model (about 77 minutes on one core of README's machine for its DFC-Net table, a 2-core
-         AMD EPYC, the other core busy, without its evaluations; the 8-channel demo before session 32 took 49-54 on
-         a faster one; benchmarks/dfc_demo_time.py predicts it for a machine). The pose encoder's 15 keypoints are supervised with the renderer's joints
-         (loss.joint_supervision, a documented switch: the paper learns the pose from the images alone;
-         loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts (model.bones); the
-         source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion map hides where the
-         target's body stood (model.occlusion). The copy shortcuts are off (all of the target's features reach the
-         generator warped by the keypoints' motion, no self-reconstruction, pose consistency does not train the pose
-         encoder, static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a learned
-         sharpening temperature, a normalised two-scale perceptual loss and an L1 on the characters' silhouettes
+         steps of the whole model (about 77 minutes on one core of README's machine for its DFC-Net table, a 2-core AMD
+         EPYC, the other core busy, without its evaluations; the 8-channel demo before session 32 took 49-54 on a faster
+         one; benchmarks/dfc_demo_time.py predicts it for a machine). The pose encoder's 15 keypoints are supervised
+         with the renderer's joints (loss.joint_supervision, a documented switch: the paper learns the pose from the
+         images alone; loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts
+         (model.bones); the source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion
+         map hides where the target's body stood (model.occlusion). The copy shortcuts are off (all of the target's
+         features reach the generator warped by the keypoints' motion, no self-reconstruction, pose consistency does not
+         train the pose encoder, static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a
+         learned sharpening temperature, a normalised two-scale perceptual loss and an L1 on the characters' silhouettes
          and a 3-px band around the truth's (loss.foreground, loss.foreground_band); limb-mixed training poses
          (data.limb_mixing=0.3). No adversarial terms: at this budget the demo is better without them (README);
          --config.loss.adversarial=1 --config.loss.feature_matching=10 trains its pose-conditioned discriminator.
