@@ -102,9 +102,8 @@ def _loss_defaults() -> ml_collections.ConfigDict:
       pose_consistency=1.0, static_consistency=1.0, self_reconstruction=10.0, support=1.0, equivariance=0.0,
       equivariance_rotation=15.0, equivariance_log_scale=0.1, equivariance_shift=0.1, separation=0.0,
       separation_sigma=0.1, joint_supervision=0.0, pose_pretrain_steps=0, train_pose_encoder=True,
-      pose_augment_rotation=0.0,
-      pose_augment_log_scale=0.0, pose_augment_shift=0.0, pose_augment_color=False, gan_type='hinge',
-      use_consistency=True))
+      pose_augment_rotation=0.0, pose_augment_log_scale=0.0, pose_augment_shift=0.0, pose_augment_color=False,
+      gan_type='hinge', use_consistency=True))
 
 
 # input_pipeline.pose_data.FRAMES_DEFAULTS: the video-frames fields of config.data.
