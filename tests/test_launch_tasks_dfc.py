@@ -210,9 +210,9 @@ def test_demo_bones_are_the_puppet_skeleton_and_joint_supervision_needs_renders(
   unsupervised = dfc_config.get_config('demo,unsupervised')
   assert (unsupervised.loss.joint_supervision, unsupervised.model.bones) == (0.0, None)
   assert unsupervised.model.retarget and unsupervised.model.occlusion
-  # ... with the pose encoder README measures it with: three stages, no hourglass, half the demo's widths.
+  # ... with the pose encoder README measures it with: the demo encoder's first three stages, no hourglass.
   assert demo.model.pose_upsample == 1 and unsupervised.model.pose_upsample == 0
-  assert unsupervised.model.pose_widths == tuple(w // 2 for w in demo.model.pose_widths[:-1])
+  assert unsupervised.model.pose_widths == demo.model.pose_widths[:-1]
   # Joint supervision reads the renderer's joints from the training batches; video frames have none.
   smoke = dfc_config.get_config('smoke')
   smoke.loss.joint_supervision = 1.0

@@ -4,19 +4,19 @@ VARIANTS is a comma-separated list applied in order, as in launch/configs/cfi.py
 frames data at smoke sizes, `:paper,smoke` the paper's settings at smoke sizes. Variants:
   smoke: seconds; a tiny network on 32x32 puppets, for tests.
   demo:  64x64 puppets, a small network, no support data: 2000 steps that pretrain the pose encoder alone, then 2000
-         steps of the whole model (about 77 minutes on one core of README's machine for its DFC-Net table, a 2-core AMD
-         EPYC, the other core busy, without its evaluations; the 8-channel demo before session 32 took 49-54 on a faster
-         one; benchmarks/dfc_demo_time.py predicts it for a machine). The pose encoder's 15 keypoints are supervised
-         with the renderer's joints (loss.joint_supervision, a documented switch: the paper learns the pose from the
-         images alone; loss.pose_pretrain_steps), so bones between them move the target's features as rigid parts
-         (model.bones); the source's keypoints are retargeted onto the target's body (model.retarget), and an occlusion
-         map hides where the target's body stood (model.occlusion). The copy shortcuts are off (all of the target's
-         features reach the generator warped by the keypoints' motion, no self-reconstruction, pose consistency does not
-         train the pose encoder, static consistency on Gram matrices); 16x16 heatmaps from a pose-encoder hourglass, a
-         learned sharpening temperature, a normalised two-scale perceptual loss and an L1 on the characters' silhouettes
-         and a 3-px band around the truth's (loss.foreground, loss.foreground_band); limb-mixed training poses
-         (data.limb_mixing=0.3). No adversarial terms: at this budget the demo is better without them (README);
-         --config.loss.adversarial=1 --config.loss.feature_matching=10 trains its pose-conditioned discriminator.
+         steps of the whole model (about 50 minutes on one core of README's machine for its DFC-Net table, a 2-core AMD
+         EPYC, the other core busy; benchmarks/dfc_demo_time.py predicts it for a machine). The pose encoder's 15
+         keypoints are supervised with the renderer's joints (loss.joint_supervision, a documented switch: the paper
+         learns the pose from the images alone; loss.pose_pretrain_steps), so bones between them move the target's
+         features as rigid parts (model.bones); the source's keypoints are retargeted onto the target's body
+         (model.retarget), and an occlusion map hides where the target's body stood (model.occlusion). The copy
+         shortcuts are off (all of the target's features reach the generator warped by the keypoints' motion, no
+         self-reconstruction, pose consistency does not train the pose encoder, static consistency on Gram matrices);
+         16x16 heatmaps from a pose-encoder hourglass, a learned sharpening temperature, a normalised two-scale
+         perceptual loss and an L1 on the characters' silhouettes and a 3-px band around the truth's (loss.foreground,
+         loss.foreground_band); limb-mixed training poses (data.limb_mixing=0.3). No adversarial terms: at this budget
+         the demo is better without them (README); --config.loss.adversarial=1 --config.loss.feature_matching=10 trains
+         its pose-conditioned discriminator.
   unsupervised: with demo, the paper's premise: 16 keypoints learned without joints, each moving by a translation,
          kept corresponding by the equivariance and separation priors (`:demo,unsupervised`), with the
          three-stage pose encoder (no hourglass).
@@ -45,8 +45,8 @@ Not in the design, off in the paper variant, on in the demo:
     --config.loss.pose_pretrain_steps=N the first N steps train the pose encoder and the retargeter on the joints
     alone (no generator or discriminator runs), and the schedules and the adversarial warm-up count after them;
     with --config.loss.train_pose_encoder=False the whole model's steps keep the pretrained pose encoder fixed
-    (run forward on sources and targets only: a third fewer FLOPs per step in the demo, but every metric worse on
-    two seeds, the encoder 1.3 instead of 1.1 px off the joints; README);
+    (run forward on sources and targets only: with the session-32 demo's wider encoder a third fewer FLOPs per step,
+    but every metric worse on two seeds, the encoder 1.3 instead of 1.1 px off the joints; README);
   bone motion, --config.model.bones=((i, j), ...): keypoint pairs that move as similarities (first order);
   retargeting, --config.model.retarget=True: an MLP of both images' keypoints moves the source's onto the
     target's body (its limb lengths, size and ground line); with --config.model.skeleton='((parent, child), ...)'
@@ -205,12 +205,11 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # stage back to 16x16 heatmaps (4-px cells for 2-3.5-px limbs; the design's 1/8 gives 8x8). Against three widths
     # and no hourglass, the trained demo's encoder is 1.36 / 2.31 px off the unseen characters' / animations' joints
     # instead of 2.14 / 3.09 (README); after the pretraining, 32x32 heatmaps (pose_upsample=2), 512 train
-    # characters or limb mixing were each worse for the narrower encoder of then. Twice the widths of (16, 32, 64,
-    # 64): better PSNR and fg-L1 on both test splits with each of three seeds (README), for a pretraining 3x
-    # slower. With these widths and the adversarial terms, limb mixing (data.limb_mixing=0.3) brings the unseen
-    # animations' joints closer and costs unseen characters; in the pretraining alone (limb_mixing_steps=2000) it is
-    # within the seeds' spread on both (README: three seeds each).
-    config.model.pose_widths = (32, 64, 128, 128)
+    # characters or limb mixing were each worse. Twice these widths (sessions 25-32) were better with the 8-channel
+    # generator of then (PSNR +0.01-0.53 dB), but with today's 16-channel one seeds 0 and 1 of each are within
+    # 0.07 dB PSNR and 0.002 fg-L1 of each other on both test splits, and these widths take ~49 minutes here
+    # instead of ~77 (7.3 / 44.2 instead of 28.5 / 70.2 GFLOP per pretraining / whole step; README).
+    config.model.pose_widths = (16, 32, 64, 64)
     config.model.pose_upsample = 1
     # 16 channels in the static encoder's and the generator's full-resolution layers (8 before session 32): seed 0
     # against 8 on one machine, every image metric of both test splits better (PSNR +0.75 / +0.48 dB, IoU +0.10 /
@@ -231,7 +230,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.model.num_keypoints = 15
     config.model.bones = _PUPPET_BONES
     config.loss.joint_supervision = 100.0
-    # The pose encoder first learns the joints alone (~0.5 s a step against ~1.2 for the whole model), so the generator
+    # The pose encoder first learns the joints alone (~0.25 s a step against ~1.2 for the whole model), so the generator
     # trains on keypoints that are already close to the joints; the steps and schedules below count after it.
     config.loss.pose_pretrain_steps = 2000
     # Sharpening with a learned temperature (with the gain alone the keypoints collapsed to the centre).
@@ -286,10 +285,10 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.data.limb_mixing = 0.3
     config.eval.update(num_samples=64, calibration_samples=256)
     config.batch_size = 8
-    # No support data, and the time that saves (a GAN step ~0.75-0.9 s instead of ~1.4, with the narrower pose
-    # encoder of then) buys 2000 steps of the whole model instead of 1200: three seeds of this scored at or above
-    # the two of the earlier demo (with support data, 1200 steps) on every metric but fg-L1, in 31-36 minutes
-    # against 34-43 (README).
+    # No support data, and the time that saves (a GAN step ~0.75-0.9 s instead of ~1.4, with this pose encoder and the
+    # 8-channel generator) buys 2000 steps of the whole model instead of 1200: three seeds of this scored at or above
+    # the two of the earlier demo (with support data, 1200 steps) on every metric but fg-L1, in 31-36 minutes against
+    # 34-43 (README).
     config.data.support = False
     config.num_steps = 2000 + 2000
     config.log_every = 50
@@ -301,10 +300,10 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.model.num_keypoints = 16
     config.model.bones = None
     config.loss.joint_supervision = 0.0
-    # The three-stage encoder without an hourglass that README measures (the narrower demo encoder's first three
-    # stages): with the hourglass and the stage it climbs back from, the one run tried (seed 0) collapsed at step
-    # ~450, as the adversarial loss reached its full weight (L1 0.12 -> 1.1, discriminator loss -> 0), and never
-    # recovered (SSIM 0.23 on 256 pairs).
+    # The three-stage encoder without an hourglass that README measures (the demo encoder's first three stages): with
+    # the hourglass and the stage it climbs back from, the one run tried (seed 0) collapsed at step ~450, as the
+    # adversarial loss reached its full weight (L1 0.12 -> 1.1, discriminator loss -> 0), and never recovered (SSIM 0.23
+    # on 256 pairs).
     config.model.pose_widths = (16, 32, 64)
     config.model.pose_upsample = 0
     # ... and the generator README measures it with (the demo's before session 32).
