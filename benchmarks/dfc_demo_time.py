@@ -3,7 +3,7 @@
   taskset -c 0 python benchmarks/dfc_demo_time.py [--config=launch/configs/dfc.py:demo] [--config.FIELD=VALUE ...]
       [--repeats=5] [--profile] [--out_json=dfc_demo_time.json]
 
-The demo's 4000 steps take 50-95 minutes depending on the CPU (README); this answers "how long here" in about two
+The demo's 4000 steps took 47-49 minutes on one core of README's machine; this answers "how long here" in about two
 minutes instead. For each training phase (the pose pretraining, then the whole model) it compiles exactly the step
 `launch.train` runs, on a real batch, and prints its median time, XLA's FLOPs per step and the achieved rate as a
 fraction of a matmul peak measured on the same device; then the phases' steps times those times. Pin it to one core
