@@ -206,9 +206,10 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     # and no hourglass, the trained demo's encoder is 1.36 / 2.31 px off the unseen characters' / animations' joints
     # instead of 2.14 / 3.09 (README); after the pretraining, 32x32 heatmaps (pose_upsample=2), 512 train
     # characters or limb mixing were each worse. Twice these widths (sessions 25-32) were better with the 8-channel
-    # generator of then (PSNR +0.01-0.53 dB), but with today's 16-channel one seeds 0 and 1 of each are within
-    # 0.07 dB PSNR and 0.002 fg-L1 of each other on both test splits, and these widths take ~49 minutes here
-    # instead of ~77 (7.3 / 44.2 instead of 28.5 / 70.2 GFLOP per pretraining / whole step; README).
+    # generator of then (PSNR +0.01-0.53 dB), but with today's 16-channel one the two encoders' three seeds overlap
+    # on every image metric of both test splits (mean PSNR 0.05-0.07 dB lower with these widths), and these widths
+    # train in 47-49 minutes here instead of ~77 (7.3 / 44.2 instead of 28.5 / 70.2 GFLOP per pretraining / whole
+    # step; README).
     config.model.pose_widths = (16, 32, 64, 64)
     config.model.pose_upsample = 1
     # 16 channels in the static encoder's and the generator's full-resolution layers (8 before session 32): seed 0
