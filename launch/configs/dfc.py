@@ -231,7 +231,7 @@ def _apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
     config.model.num_keypoints = 15
     config.model.bones = _PUPPET_BONES
     config.loss.joint_supervision = 100.0
-    # The pose encoder first learns the joints alone (~0.25 s a step against ~1.2 for the whole model), so the generator
+    # The pose encoder first learns the joints alone (~0.28 s a step against ~1.2 for the whole model), so the generator
     # trains on keypoints that are already close to the joints; the steps and schedules below count after it.
     config.loss.pose_pretrain_steps = 2000
     # Sharpening with a learned temperature (with the gain alone the keypoints collapsed to the centre).
